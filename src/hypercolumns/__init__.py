@@ -1,0 +1,33 @@
+"""hypercolumns: where a convolutional network looks and what it sees at every pixel.
+
+Exact receptive fields for every layer of any PyTorch model, effective receptive fields,
+feature maps of arbitrary layers, and hypercolumns (per-pixel stacks of layer activations).
+"""
+
+from hypercolumns._version import __version__
+from hypercolumns.errors import (
+    GeometryWarning,
+    HypercolumnsError,
+    InputSizeError,
+    LayerNotFoundError,
+    ModelError,
+    WeightsError,
+)
+from hypercolumns.geometry import ReceptiveField
+from hypercolumns.layers import Layer, layers, select
+from hypercolumns.models import load_model
+
+__all__ = [
+    "GeometryWarning",
+    "HypercolumnsError",
+    "InputSizeError",
+    "Layer",
+    "LayerNotFoundError",
+    "ModelError",
+    "ReceptiveField",
+    "WeightsError",
+    "__version__",
+    "layers",
+    "load_model",
+    "select",
+]

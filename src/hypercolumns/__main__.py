@@ -1,0 +1,3 @@
+from hypercolumns.cli import main
+
+main()

@@ -1,0 +1,880 @@
+"""Run a model once and follow the receptive-field geometry of every tensor, op by op.
+
+The model runs eagerly (Python control flow in ``forward`` just works) on *meta* tensors, so no
+arithmetic is done: a ``TorchDispatchMode`` sees every ATen op, moves its tensor arguments to
+the meta device, runs it for the output shape, and derives the output's geometry from its
+inputs'. Forward hooks read the geometry of each module's output.
+
+Each tensor derived from the input carries a :class:`State`: per tensor dimension, the factors
+it is made of (a flattened ``(H, W)`` token axis is two factors), and for spatial factors their
+exact :class:`~hypercolumns.geometry.Axis`. Tensors that do not depend on the input (weights,
+constants) carry none.
+
+Conventions beyond ``DESIGN.md``:
+
+* *Global context*, a tensor pooled over the image that keeps no positions (a squeeze-and-
+  excitation gate, a pooled ASPP branch, normalisation statistics), is a per-image constant
+  when it meets a map: it does not widen the map's receptive field.
+* A *mixed* map keeps its positions but each unit depends on the whole image (after
+  self-attention, or a softmax over positions); its receptive field is the whole input.
+* An op whose geometry is unknown and that changes spatial size makes its output *unknown*
+  and raises a :class:`~hypercolumns.errors.GeometryWarning`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+from hypercolumns import geometry as g
+from hypercolumns.errors import GeometryWarning, HypercolumnsError, InputSizeError, ModelError
+
+__all__ = ["Factor", "Dim", "ModuleRecord", "State", "Trace", "trace"]
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One factor of a tensor dimension: ``size`` elements, spatial when ``axis`` is set."""
+
+    size: int
+    axis: str | None = None  # "y" or "x"
+    geom: g.Axis | None = None
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A tensor dimension: ``prefix`` leading extra tokens, then the product of ``factors``."""
+
+    factors: tuple[Factor, ...]
+    prefix: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.prefix + math.prod(f.size for f in self.factors)
+
+    @property
+    def spatial(self) -> bool:
+        return any(f.axis is not None for f in self.factors)
+
+    @property
+    def simple(self) -> Factor | None:
+        """The dimension's one spatial factor, when it is exactly one spatial axis."""
+        if self.prefix == 0 and len(self.factors) == 1 and self.factors[0].axis is not None:
+            return self.factors[0]
+        return None
+
+
+def _plain(size: int) -> Dim:
+    return Dim((Factor(size),))
+
+
+@dataclass(frozen=True)
+class State:
+    """Geometry of a tensor derived from the input."""
+
+    dims: tuple[Dim, ...]
+    is_global: bool = False
+    unknown: bool = False
+    mixed: bool = False
+
+
+def _flat(shape: Sequence[int], *, is_global: bool = False, unknown: bool = False) -> State:
+    return State(tuple(_plain(int(s)) for s in shape), is_global, unknown)
+
+
+@dataclass
+class ModuleRecord:
+    """What one module did the first time it ran."""
+
+    name: str
+    module: nn.Module
+    order: int
+    is_leaf: bool
+    output: torch.Tensor | None = None
+    state: State | None = None
+
+
+@dataclass
+class Trace:
+    """The result of one traced run."""
+
+    input_size: tuple[int, int]
+    records: list[ModuleRecord]
+    warnings: list[str] = field(default_factory=list)
+    meta: bool = True
+
+
+class _OpError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Op rules. Each takes the bound arguments, the input states and the output, returns states.
+
+_State = State | None
+_Rule = Callable[["_Call"], Any]
+
+
+@dataclass
+class _Call:
+    func: torch._ops.OpOverload
+    args: dict[str, Any]
+    out: Any
+    tracer: _Tracer
+
+    def state(self, name: str) -> _State:
+        value = self.args.get(name)
+        return self.tracer.states.get(value) if isinstance(value, torch.Tensor) else None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.args[name].shape)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        out = self.out[0] if isinstance(self.out, tuple | list) else self.out
+        return tuple(out.shape)
+
+
+def _bind(func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound: dict[str, Any] = {}
+    for i, arg in enumerate(func._schema.arguments):
+        if i < len(args):
+            bound[arg.name] = args[i]
+        elif arg.name in kwargs:
+            bound[arg.name] = kwargs[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+        else:
+            bound[arg.name] = None
+    return bound
+
+
+def _ints(value: Any, n: int) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value] * n
+    vals = [int(v) for v in value]
+    return vals * n if len(vals) == 1 and n > 1 else vals
+
+
+def _mapped(state: State, out_shape: Sequence[int], axes: Sequence[int],
+            fn: Callable[[int, g.Axis, int], g.Axis]) -> State:
+    """Apply ``fn(i, geometry, new_size)`` to the i-th of the tensor dims ``axes``."""
+    if state.is_global:
+        return _flat(out_shape, is_global=True)
+    dims = list(state.dims)
+    for i, d in enumerate(axes):
+        dim, size = dims[d], int(out_shape[d])
+        if not dim.spatial:
+            dims[d] = _plain(size)
+            continue
+        factor = dim.simple
+        if factor is None or factor.geom is None:
+            raise _OpError("works on a flattened or token axis")
+        dims[d] = Dim((Factor(size, factor.axis, fn(i, factor.geom, size)),))
+    for d in range(len(dims)):
+        if d not in axes and dims[d].size != out_shape[d]:
+            if dims[d].spatial:
+                raise _OpError("changes the size of a spatial axis it is not known to act on")
+            dims[d] = _plain(int(out_shape[d]))
+    return State(tuple(dims))
+
+
+def _spatial_tail(call: _Call, n: int) -> list[int]:
+    rank = len(call.shape("self") if "self" in call.args else call.shape("input"))
+    return list(range(rank - n, rank))
+
+
+def _rule_conv(call: _Call) -> State:
+    st = call.state("input")
+    assert st is not None
+    if call.state("weight") is not None or any(d.spatial for d in st.dims[:2]):
+        return _flat(call.out_shape, is_global=True)
+    n = len(call.shape("input")) - 2
+    k = list(call.shape("weight")[2:])
+    s, p = _ints(call.args["stride"], n), _ints(call.args["padding"], n)
+    d = _ints(call.args["dilation"], n)
+    fn = g.transposed_conv if call.args["transposed"] else g.conv
+    return _mapped(st, call.out_shape, list(range(2, 2 + n)),
+                   lambda i, a, _: fn(a, k[i], s[i], p[i], d[i]))
+
+
+def _pool_rule(n: int) -> _Rule:
+    def rule(call: _Call) -> State:
+        st = call.state("self")
+        assert st is not None
+        k = _ints(call.args["kernel_size"], n)
+        s = _ints(call.args.get("stride"), n) or k
+        p = _ints(call.args.get("padding", 0), n)
+        d = _ints(call.args.get("dilation", 1), n)
+        return _mapped(st, call.out_shape, _spatial_tail(call, n),
+                       lambda i, a, _: g.conv(a, k[i], s[i], p[i], d[i]))
+    return rule
+
+
+def _adaptive_rule(n: int) -> _Rule:
+    def rule(call: _Call) -> State:
+        st = call.state("self")
+        assert st is not None
+        axes = _spatial_tail(call, n)
+        shape_in = call.shape("self")
+        if all(call.out_shape[d] == 1 for d in axes) and any(st.dims[d].spatial for d in axes):
+            return _flat(call.out_shape, is_global=True)
+        return _mapped(st, call.out_shape, axes,
+                       lambda i, a, size: g.adaptive_pool(a, shape_in[axes[i]], size))
+    return rule
+
+
+def _upsample_rule(mode: str, n: int) -> _Rule:
+    def rule(call: _Call) -> State:
+        st = call.state("input") if "input" in call.args else call.state("self")
+        assert st is not None
+        name = "input" if "input" in call.args else "self"
+        axes = _spatial_tail(call, n)
+        shape_in = call.shape(name)
+        align = bool(call.args.get("align_corners") or False)
+        factors = call.args.get("scale_factors")
+        named = [call.args.get(k) for k in ("scales_d", "scales_h", "scales_w", "scales")
+                 if k in call.args]
+
+        def scale(i: int, size_in: int, size_out: int) -> Fraction:
+            if align:
+                return Fraction(size_in - 1, size_out - 1) if size_out > 1 else Fraction(size_in)
+            given = factors[i] if factors else (named[i] if i < len(named) else None)
+            if given is not None and given > 0:
+                return 1 / g.as_fraction(given)
+            return Fraction(size_in, size_out)
+
+        return _mapped(st, call.out_shape, axes, lambda i, a, size: g.interpolate(
+            a, mode, scale(i, shape_in[axes[i]], size), align_corners=align, units=size))
+    return rule
+
+
+def _rule_pixel_shuffle(inverse: bool) -> _Rule:
+    def rule(call: _Call) -> State:
+        st = call.state("self")
+        assert st is not None
+        r = int(call.args["downscale_factor" if inverse else "upscale_factor"])
+        axes = _spatial_tail(call, 2)
+        st = replace(st, dims=st.dims[:-3] + (_plain(call.out_shape[-3]),) + st.dims[-2:])
+        return _mapped(st, call.out_shape, axes, lambda i, a, _: g.pixel_shuffle(a, r, inverse=inverse))
+    return rule
+
+
+def _rule_pad(call: _Call) -> State:
+    st = call.state("self")
+    assert st is not None
+    pad = _ints(call.args.get("pad", call.args.get("padding")), 1)
+    n = len(pad) // 2
+    rank = len(call.shape("self"))
+    axes = [rank - 1 - i for i in range(n)]
+    return _mapped(st, call.out_shape, axes, lambda i, a, _: g.shift(a, -pad[2 * i]))
+
+
+def _norm_dim(d: int, rank: int) -> int:
+    return d + rank if d < 0 else d
+
+
+def _rule_slice(call: _Call) -> State | None:
+    st = call.state("self")
+    assert st is not None
+    shape = call.shape("self")
+    d = _norm_dim(int(call.args["dim"]), len(shape))
+    size = shape[d]
+    start = call.args.get("start") or 0
+    start = max(0, min(size, start + size if start < 0 else start))
+    step = int(call.args.get("step") or 1)
+    dim = st.dims[d]
+    if st.is_global or not dim.spatial:
+        return _mapped(st, call.out_shape, [d], lambda i, a, _: a) if not dim.spatial else None
+    if dim.prefix:
+        n_out = call.out_shape[d]
+        if start == dim.prefix and step == 1 and n_out == size - dim.prefix:
+            return replace(st, dims=st.dims[:d] + (Dim(dim.factors),) + st.dims[d + 1:])
+        if start + n_out * step <= dim.prefix:  # only the extra tokens (class, register)
+            return _flat(call.out_shape, is_global=True) if st.mixed else None
+        raise _OpError("slices a token axis")
+    return _mapped(st, call.out_shape, [d], lambda i, a, _: g.take(a, start, step))
+
+
+def _rule_select(call: _Call) -> State | None:
+    st = call.state("self")
+    assert st is not None
+    shape = call.shape("self")
+    d = _norm_dim(int(call.args["dim"]), len(shape))
+    dim = st.dims[d]
+    rest = st.dims[:d] + st.dims[d + 1:]
+    if st.is_global or not dim.spatial:
+        return replace(st, dims=rest)
+    index = _norm_dim(int(call.args["index"]), shape[d])
+    if dim.prefix and index < dim.prefix:
+        return _flat(call.out_shape, is_global=True) if st.mixed else None
+    raise _OpError("selects one position of a spatial axis")
+
+
+def _merge_dims(dims: Sequence[Dim], size: int) -> Dim:
+    """The dimension of a result fed by several inputs' dimensions of equal size (add, cat)."""
+    spatial = [d for d in dims if d.spatial]
+    if not spatial:
+        return _plain(size)
+    first = spatial[0]
+    if len(spatial) == 1:
+        return first
+    shape = [(f.size, f.axis) for f in first.factors]
+    if any([(f.size, f.axis) for f in d.factors] != shape or d.prefix != first.prefix
+           for d in spatial):
+        raise _OpError("combines spatial axes laid out differently")
+    factors = []
+    for i, f in enumerate(first.factors):
+        geoms = [d.factors[i].geom for d in spatial]
+        if f.axis is None or any(x is None for x in geoms):
+            factors.append(f)
+        else:
+            factors.append(Factor(f.size, f.axis, g.union([x for x in geoms if x], f.size)))
+    return Dim(tuple(factors), first.prefix)
+
+
+def _broadcast(inputs: Sequence[tuple[State, tuple[int, ...]]], out_shape: Sequence[int]) -> State:
+    live = [(s, shp) for s, shp in inputs if not s.is_global]
+    if not live:
+        return _flat(out_shape, is_global=True)
+    rank = len(out_shape)
+    dims = []
+    for d in range(rank):
+        feeding = []
+        for s, shp in live:
+            k = d - (rank - len(shp))
+            if k >= 0 and shp[k] == out_shape[d]:
+                feeding.append(s.dims[k])
+        dims.append(_merge_dims(feeding, int(out_shape[d])))
+    return State(tuple(dims))
+
+
+def _rule_cat(call: _Call, stack: bool = False) -> State:
+    tensors = [t for t in call.args["tensors"] if stack or t.dim() > 1 or t.numel() > 0]
+    rank = tensors[0].dim() + (1 if stack else 0)
+    d = _norm_dim(int(call.args.get("dim") or 0), rank)
+    states = [(call.tracer.states.get(t), t) for t in tensors]
+    live = [(s, t) for s, t in states if s is not None and not s.is_global]
+    if not live:
+        return _flat(call.out_shape, is_global=True)
+    out = call.out_shape
+    if stack:
+        live_dims = [s.dims[:d] + (_plain(1),) + s.dims[d:] for s, _ in live]
+    else:
+        live_dims = [s.dims for s, _ in live]
+    dims = []
+    for k in range(rank):
+        if k != d:
+            dims.append(_merge_dims([ld[k] for ld in live_dims], out[k]))
+            continue
+        if not any(ld[k].spatial for ld in live_dims):
+            dims.append(_plain(out[k]))
+            continue
+        # Extra tokens (class, register) in front of one token grid: ViT-style prefixes.
+        grid = [i for i, (s, _) in enumerate(states) if s is not None and s.dims[d].spatial]
+        if len(grid) != 1 or grid[0] != len(states) - 1:
+            raise _OpError("concatenates along a spatial axis")
+        dim = states[-1][0].dims[d]  # type: ignore[union-attr]
+        before = sum(t.shape[d] for _, t in states[:-1])
+        dims.append(Dim(dim.factors, dim.prefix + before))
+    return State(tuple(dims))
+
+
+def _reduce(st: State, shape: Sequence[int], dims_arg: Any, keepdim: bool,
+            out_shape: Sequence[int]) -> State:
+    rank = len(shape)
+    if dims_arg is None or (isinstance(dims_arg, list | tuple) and len(dims_arg) == 0):
+        reduced = set(range(rank))
+    else:
+        reduced = {_norm_dim(int(x), rank) for x in _ints(dims_arg, 1)}
+    if st.is_global or any(st.dims[d].spatial for d in reduced):
+        return _flat(out_shape, is_global=True)
+    kept = [(_plain(1) if d in reduced else st.dims[d]) for d in range(rank)
+            if keepdim or d not in reduced]
+    if len(kept) != len(out_shape):
+        return _flat(out_shape, is_global=True)
+    return State(tuple(kept))
+
+
+def _rule_reduce(call: _Call) -> State:
+    st = call.state("self")
+    assert st is not None
+    dims_arg = call.args.get("dim")
+    return _reduce(st, call.shape("self"), dims_arg, bool(call.args.get("keepdim")), call.out_shape)
+
+
+def _rule_along(call: _Call) -> State:
+    """Shape-preserving ops that mix values along ``dim`` (softmax, cumsum, sort)."""
+    st = call.state("self")
+    assert st is not None
+    d = _norm_dim(int(call.args["dim"]), len(call.shape("self")))
+    if st.dims[d].spatial:
+        return replace(st, mixed=True)
+    return st
+
+
+def _matmul_rule(names: tuple[str, str], batched: bool) -> _Rule:
+    def rule(call: _Call) -> State:
+        a, b = (call.state(n) for n in names)
+        if a is not None and b is not None:  # both from the image: attention, positions mix
+            if not a.is_global and any(d.spatial for d in a.dims[:-1]):
+                return State(a.dims[:-1] + (_plain(call.out_shape[-1]),), mixed=True)
+            return _flat(call.out_shape, is_global=True)
+        if (a and a.is_global) or (b and b.is_global) or (a and a.dims[-1].spatial) or (
+                b and b.dims[-2].spatial):
+            return _flat(call.out_shape, is_global=True)
+        if a is not None:
+            return State(a.dims[:-1] + (_plain(call.out_shape[-1]),))
+        assert b is not None
+        lead = b.dims[:-2] if batched else ()
+        return State(lead + (_plain(call.out_shape[-2]), b.dims[-1]))
+    return rule
+
+
+def _rule_permute(call: _Call) -> State:
+    st = call.state("self")
+    assert st is not None
+    order = [_norm_dim(int(x), len(st.dims)) for x in call.args["dims"]]
+    return replace(st, dims=tuple(st.dims[i] for i in order))
+
+
+def _rule_transpose(call: _Call) -> State:
+    st = call.state("self")
+    assert st is not None
+    rank = len(st.dims)
+    if rank < 2:
+        return st
+    a = _norm_dim(int(call.args.get("dim0", 0)), rank)
+    b = _norm_dim(int(call.args.get("dim1", 1)), rank)
+    dims = list(st.dims)
+    dims[a], dims[b] = dims[b], dims[a]
+    return replace(st, dims=tuple(dims))
+
+
+def _rule_unsqueeze(call: _Call) -> State:
+    st = call.state("self")
+    assert st is not None
+    d = _norm_dim(int(call.args["dim"]), len(st.dims) + 1)
+    return replace(st, dims=st.dims[:d] + (_plain(1),) + st.dims[d:])
+
+
+def _rule_expand(call: _Call) -> State:
+    st = call.state("self")
+    assert st is not None
+    out = call.out_shape
+    lead = len(out) - len(st.dims)
+    dims = [_plain(int(s)) for s in out[:lead]]
+    for k, dim in enumerate(st.dims):
+        size = int(out[lead + k])
+        dims.append(dim if dim.size == size else _plain(size))
+    return State(tuple(dims), st.is_global)
+
+
+def _rule_view(call: _Call) -> State:
+    """Reshape: regroup the factors of the input dimensions into the output dimensions."""
+    st = call.state("self")
+    assert st is not None
+    out = [int(s) for s in call.out_shape]
+    if st.is_global:
+        return _flat(out, is_global=True)
+    if tuple(d.size for d in st.dims) == tuple(out):
+        return st
+    pieces: list[Dim] = []  # atoms: one factor each, or a whole prefixed token dim
+    for dim in st.dims:
+        if dim.prefix:
+            pieces.append(dim)
+        else:
+            pieces.extend(Dim((f,)) for f in dim.factors if f.size != 1 or f.axis)
+    dims: list[Dim] = []
+    i = 0
+    for size in out:
+        if size == 1 and not (i < len(pieces) and pieces[i].size == 1):
+            dims.append(_plain(1))
+            continue
+        taken: list[Dim] = []
+        total = 1
+        while total < size or (size == 1 and not taken):
+            if i >= len(pieces):
+                raise _OpError("reshapes in a way that cannot be followed")
+            piece = pieces[i]
+            if total * piece.size > size:  # split this piece
+                if piece.spatial or size % total:
+                    raise _OpError("splits a spatial axis")
+                need = size // total
+                if piece.size % need:
+                    raise _OpError("reshapes in a way that cannot be followed")
+                taken.append(_plain(need))
+                pieces[i] = _plain(piece.size // need)
+                total *= need
+                break
+            taken.append(piece)
+            total *= piece.size
+            i += 1
+        if len(taken) == 1:
+            dims.append(taken[0])
+        elif any(p.prefix for p in taken):
+            raise _OpError("merges a token axis with another")
+        else:
+            factors = tuple(f for p in taken for f in p.factors)
+            dims.append(Dim(factors) if any(f.axis for f in factors) else _plain(size))
+    if any(p.spatial for p in pieces[i:]):
+        raise _OpError("reshapes in a way that cannot be followed")
+    return State(tuple(dims))
+
+
+def _rule_split(call: _Call) -> list[State]:
+    st = call.state("self")
+    assert st is not None
+    shape = call.shape("self")
+    d = _norm_dim(int(call.args.get("dim") or 0), len(shape))
+    outs: list[torch.Tensor] = list(call.out)
+    if st.is_global or not st.dims[d].spatial:
+        return [_mapped(st, tuple(o.shape), [d], lambda i, a, _: a) if not st.is_global
+                else _flat(o.shape, is_global=True) for o in outs]
+    result, start = [], 0
+    for o in outs:
+        result.append(_mapped(st, tuple(o.shape), [d], lambda i, a, _, s=start: g.shift(a, s)))
+        start += o.shape[d]
+    return result
+
+
+def _rule_unbind(call: _Call) -> list[State]:
+    st = call.state("self")
+    assert st is not None
+    d = _norm_dim(int(call.args.get("dim") or 0), len(st.dims))
+    if st.dims[d].spatial and not st.is_global:
+        raise _OpError("unbinds a spatial axis")
+    return [State(st.dims[:d] + st.dims[d + 1:], st.is_global) for _ in call.out]
+
+
+def _rule_roll(call: _Call) -> State:
+    st = call.state("self")
+    assert st is not None
+    rank = len(st.dims)
+    shifts = _ints(call.args["shifts"], 1)
+    dims = [_norm_dim(x, rank) for x in _ints(call.args.get("dims"), 1)]
+    if not dims:
+        raise _OpError("rolls a flattened tensor")
+    return _mapped(st, call.out_shape, dims, lambda i, a, _: g.shift(a, -shifts[i]))
+
+
+def _rule_first(call: _Call) -> State | None:
+    """Output 0 has the geometry of the first tensor argument (norms, copies, dropout)."""
+    for value in call.args.values():
+        if isinstance(value, torch.Tensor):
+            st = call.tracer.states.get(value)
+            if st is not None and tuple(value.shape) == call.out_shape:
+                return st
+            return _flat(call.out_shape, is_global=True) if st is not None else None
+    return None
+
+
+def _rule_copy(call: _Call) -> State | None:
+    src = call.state("src")
+    if src is None:
+        return None
+    return _broadcast([(src, call.shape("src"))], call.out_shape)
+
+
+def _rule_global(call: _Call) -> State:
+    return _flat(call.out_shape, is_global=True)
+
+
+def _rule_attention(call: _Call) -> State:
+    """Fused attention: the output keeps the query's positions, each mixing all of them."""
+    query = call.state("query")
+    if query is not None and not query.is_global and tuple(call.shape("query")) == call.out_shape:
+        return replace(query, mixed=True)
+    return _flat(call.out_shape, is_global=True)
+
+
+def _rule_constant(call: _Call) -> None:
+    return None
+
+
+_RULES: dict[str, _Rule] = {
+    "convolution": _rule_conv,
+    "_adaptive_avg_pool2d": _adaptive_rule(2),
+    "adaptive_max_pool2d": _adaptive_rule(2),
+    "_adaptive_avg_pool3d": _adaptive_rule(3),
+    "adaptive_max_pool3d": _adaptive_rule(3),
+    "adaptive_max_pool1d": _adaptive_rule(1),
+    "pixel_shuffle": _rule_pixel_shuffle(False),
+    "pixel_unshuffle": _rule_pixel_shuffle(True),
+    "constant_pad_nd": _rule_pad,
+    "slice": _rule_slice,
+    "select": _rule_select,
+    "cat": _rule_cat,
+    "stack": lambda call: _rule_cat(call, stack=True),
+    "permute": _rule_permute,
+    "transpose": _rule_transpose,
+    "t": _rule_transpose,
+    "unsqueeze": _rule_unsqueeze,
+    "expand": _rule_expand,
+    "view": _rule_view,
+    "_unsafe_view": _rule_view,
+    "reshape": _rule_view,
+    "_reshape_alias": _rule_view,
+    "squeeze": _rule_view,
+    "flatten": _rule_view,
+    "unflatten": _rule_view,
+    "split": _rule_split,
+    "split_with_sizes": _rule_split,
+    "unsafe_split": _rule_split,
+    "unbind": _rule_unbind,
+    "roll": _rule_roll,
+    "copy_": _rule_copy,
+    "copy": _rule_copy,
+    "mm": _matmul_rule(("self", "mat2"), False),
+    "addmm": _matmul_rule(("mat1", "mat2"), False),
+    "bmm": _matmul_rule(("self", "mat2"), True),
+    "baddbmm": _matmul_rule(("batch1", "batch2"), True),
+    "matmul": _matmul_rule(("self", "other"), True),
+    "mv": _matmul_rule(("self", "vec"), False),
+    "embedding": _rule_global,
+    "zero_": _rule_constant,
+    "fill_": _rule_constant,
+    "normal_": _rule_constant,
+    "uniform_": _rule_constant,
+    "empty_like": _rule_constant,
+    "zeros_like": _rule_constant,
+    "ones_like": _rule_constant,
+    "full_like": _rule_constant,
+    "rand_like": _rule_constant,
+    "randn_like": _rule_constant,
+}
+for _n in (1, 2, 3):
+    for _op in (f"max_pool{_n}d", f"max_pool{_n}d_with_indices", f"avg_pool{_n}d"):
+        _RULES[_op] = _pool_rule(_n)
+    for _op in (f"reflection_pad{_n}d", f"replication_pad{_n}d", f"_pad_circular"):
+        _RULES[_op] = _rule_pad
+for _n, _modes in {1: ("linear",), 2: ("bilinear", "bicubic"), 3: ("trilinear",)}.items():
+    _RULES[f"upsample_nearest{_n}d"] = _upsample_rule("nearest", _n)
+    _RULES[f"_upsample_nearest_exact{_n}d"] = _upsample_rule("nearest-exact", _n)
+    for _m in _modes:
+        _RULES[f"upsample_{_m}{_n}d"] = _upsample_rule("cubic" if _m == "bicubic" else "linear", _n)
+for _op in ("mean", "sum", "amax", "amin", "max", "min", "var", "std", "var_mean", "std_mean",
+            "logsumexp", "norm", "linalg_vector_norm", "prod", "argmax", "argmin", "any", "all",
+            "nansum", "nanmean", "median", "nanmedian", "mode", "count_nonzero", "aminmax"):
+    _RULES[_op] = _rule_reduce
+for _op in ("_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax", "cumsum",
+            "cumprod", "logcumsumexp", "cummax", "cummin", "sort", "argsort", "topk"):
+    _RULES[_op] = _rule_along
+for _op in ("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+            "_native_batch_norm_legit_functional", "native_layer_norm", "native_group_norm",
+            "_fused_rms_norm", "rms_norm", "cudnn_batch_norm", "miopen_batch_norm", "clone",
+            "alias", "detach", "_to_copy", "lift_fresh", "contiguous", "native_dropout",
+            "dropout", "feature_dropout", "alpha_dropout", "as_strided_", "_conj", "conj",
+            "resolve_conj", "resolve_neg", "to", "type_as"):
+    _RULES[_op] = _rule_first
+_ATTENTION = ("scaled_dot_product", "flash_attention", "efficient_attention",
+              "multi_head_attention", "_cudnn_attention")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Tracer(TorchDispatchMode):
+    def __init__(self, meta: bool) -> None:
+        super().__init__()
+        self.meta = meta
+        self.states: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.stack: list[str] = []
+        self.warnings: dict[str, None] = {}
+        self.assumed: dict[str, None] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        flat, spec = tree_flatten((args, kwargs))
+        tensors = [a for a in flat if isinstance(a, torch.Tensor)]
+        if self.meta and any(t.is_meta for t in tensors):
+            flat = [a.to("meta") if isinstance(a, torch.Tensor) and not a.is_meta else a
+                    for a in flat]
+            args, kwargs = tree_unflatten(flat, spec)
+        out = func(*args, **kwargs)
+        states = [self.states.get(t) for t in tensors]
+        if all(s is None for s in states):
+            return out
+        outs = [o for o in (out if isinstance(out, tuple | list) else (out,))
+                if isinstance(o, torch.Tensor)]
+        if not outs:
+            return out
+        if any(s is not None and s.unknown for s in states):
+            for o in outs:
+                self.states[o] = _flat(o.shape, unknown=True)
+            return out
+        name = func.overloadpacket.__name__
+        try:
+            result = self._apply(func, name, args, kwargs, out, tensors, states)
+        except _OpError as err:
+            self._unknown(name, str(err), outs)
+            return out
+        results = result if isinstance(result, list) else [result] + [None] * (len(outs) - 1)
+        mixed = any(s is not None and s.mixed for s in states)
+        for o, st in zip(outs, results, strict=False):
+            if st is None:
+                self.states.pop(o, None)
+            else:
+                if mixed and not st.is_global and not st.mixed:
+                    st = replace(st, mixed=True)
+                self.states[o] = st
+                self._check_size(o, st)
+        return out
+
+    def _apply(self, func: Any, name: str, args: Any, kwargs: Any, out: Any,
+               tensors: list[torch.Tensor], states: list[State | None]) -> Any:
+        rule = _RULES.get(name) or _RULES.get(name.rstrip("_"))
+        if rule is None and any(k in name for k in _ATTENTION):
+            rule = _rule_attention
+        out0 = out[0] if isinstance(out, tuple | list) else out
+        if rule is not None:
+            return rule(_Call(func, _bind(func, args, kwargs), out, self))
+        live = [(s, tuple(t.shape)) for s, t in zip(states, tensors, strict=True) if s is not None]
+        if torch.Tag.pointwise in func.tags or all(
+                shp == tuple(out0.shape) for _, shp in live):
+            if torch.Tag.pointwise not in func.tags:
+                self.assumed[name] = None
+            try:
+                return _broadcast(live, tuple(out0.shape))
+            except _OpError:
+                raise
+            except Exception as err:  # shapes that do not broadcast: not elementwise after all
+                raise _OpError("is not elementwise") from err
+        raise _OpError("changes the shape of a spatial tensor in a way that is not known")
+
+    def _unknown(self, name: str, why: str, outs: list[torch.Tensor]) -> None:
+        where = f" in module {self.stack[-1]!r}" if self.stack and self.stack[-1] else ""
+        message = (f"receptive field unknown: op aten.{name}{where} {why}; layers after it are "
+                   "marked unknown")
+        if message not in self.warnings:
+            self.warnings[message] = None
+            warnings.warn(message, GeometryWarning, stacklevel=2)
+        for o in outs:
+            self.states[o] = _flat(o.shape, unknown=True)
+
+    def _check_size(self, out: torch.Tensor, st: State) -> None:
+        for dim in st.dims:
+            for f in dim.factors:
+                if f.axis and f.size == 0:
+                    where = self.stack[-1] if self.stack else "(top level)"
+                    raise InputSizeError(
+                        f"the input is too small for this model: layer {where!r} "
+                        f"collapses the {'height' if f.axis == 'y' else 'width'} to zero "
+                        f"(output shape {tuple(out.shape)}); use a larger --input-size")
+
+
+@contextmanager
+def _hooks(model: nn.Module, tracer: _Tracer, records: list[ModuleRecord]) -> Iterator[None]:
+    handles = []
+    seen: dict[int, ModuleRecord] = {}
+
+    def pre(name: str, module: nn.Module) -> Callable[..., None]:
+        def hook(mod: nn.Module, args: Any) -> None:
+            tracer.stack.append(name)
+            if id(mod) not in seen:
+                is_leaf = next(mod.children(), None) is None
+                rec = ModuleRecord(name, mod, len(records), is_leaf)
+                seen[id(mod)] = rec
+                records.append(rec)
+        return hook
+
+    def post(mod: nn.Module, args: Any, output: Any) -> None:
+        if tracer.stack:
+            tracer.stack.pop()
+        rec = seen[id(mod)]
+        if rec.output is None:
+            t = output
+            if isinstance(output, tuple | list):
+                t = next((o for o in output if isinstance(o, torch.Tensor)), None)
+            if isinstance(t, torch.Tensor):
+                rec.output = t
+                rec.state = tracer.states.get(t)
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_pre_hook(pre(name, module)))
+                handles.append(module.register_forward_hook(post))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, restoring each one's own ``training`` flag after."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _input_state(shape: Sequence[int]) -> State:
+    b, c, h, w = shape
+    return State((_plain(b), _plain(c), Dim((Factor(h, "y", g.IDENTITY),)),
+                  Dim((Factor(w, "x", g.IDENTITY),))))
+
+
+def trace(model: nn.Module, input_size: tuple[int, int], in_channels: int) -> Trace:
+    """Run ``model`` once on a ``(1, in_channels, H, W)`` input and follow the geometry.
+
+    Runs on meta tensors (no arithmetic); when the model needs real values (data-dependent
+    control flow, ops without meta kernels) it runs again on a real zero image.
+
+    Raises:
+        InputSizeError: A layer's output would have zero height or width.
+        ModelError: The model raised for another reason (the message names the module).
+    """
+    shape = (1, in_channels, *input_size)
+    try:
+        return _run(model, shape, meta=True)
+    except HypercolumnsError:
+        raise
+    except Exception:
+        pass
+    return _run(model, shape, meta=False)
+
+
+def _run(model: nn.Module, shape: tuple[int, ...], meta: bool) -> Trace:
+    records: list[ModuleRecord] = []
+    tracer = _Tracer(meta)
+    x = torch.empty(shape, device="meta") if meta else torch.zeros(shape)
+    tracer.states[x] = _input_state(shape)
+    try:
+        with evaluating(model), torch.no_grad(), _hooks(model, tracer, records), tracer:
+            model(x)
+    except HypercolumnsError:
+        raise
+    except Exception as err:
+        if meta:
+            raise
+        where = tracer.stack[-1] if tracer.stack else None
+        culprit = ""
+        if where:
+            module = model.get_submodule(where)
+            culprit = f" in module {where!r} ({type(module).__name__})"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "too small" in first or "size per channel" in first or "Output size" in first:
+            raise InputSizeError(
+                f"the input {shape[2]}x{shape[3]} is too small for this model: it fails"
+                f"{culprit}: {first}") from err
+        raise ModelError(f"the model raised{culprit} on a {tuple(shape)} input: "
+                         f"{type(err).__name__}: {first}") from err
+    return Trace((shape[2], shape[3]), records, list(tracer.warnings), meta)
