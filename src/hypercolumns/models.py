@@ -1,0 +1,247 @@
+"""Build models from short specs and load local weights safely.
+
+Specs:
+
+* ``timm:NAME``: ``timm.create_model(NAME, pretrained=..., **kwargs)``
+* ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=..., **kwargs)``
+* ``package.module:factory``: an importable callable
+* ``path/to/file.py:factory``: a callable defined in a Python file
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hypercolumns.errors import ModelError, WeightsError, closest
+
+__all__ = ["load_model", "load_weights"]
+
+FORMS = ("timm:NAME", "torchvision:NAME", "package.module:factory", "path/to/file.py:factory")
+_NETWORK_ERRORS = ("URLError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout",
+                   "LocalEntryNotFoundError", "OfflineModeIsEnabled", "HTTPError", "gaierror",
+                   "MaxRetryError", "NewConnectionError", "socket.timeout", "TimeoutError")
+
+
+def load_model(
+    spec: str,
+    *,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build the model named by ``spec``, in eval mode.
+
+    Args:
+        spec: ``"timm:NAME"``, ``"torchvision:NAME"``, ``"package.module:factory"`` or
+            ``"path/to/file.py:factory"``.
+        pretrained: Download the library's pretrained weights (timm and torchvision specs).
+        weights: A local state dict (``.safetensors``, ``.pt`` or ``.pth``) to load; read with
+            ``weights_only=True``, so it cannot run code.
+        **kwargs: Passed to the factory (e.g. ``num_classes=10``, ``output_stride=8``).
+
+    Raises:
+        ModelError: Unknown spec or name (with the closest names), a factory that fails, or
+            pretrained weights that cannot be downloaded.
+        WeightsError: The weights file cannot be read or does not fit the model.
+    """
+    kind, sep, name = spec.partition(":")
+    if not sep or not name:
+        raise ModelError(_unknown_spec(spec))
+    if kind == "timm":
+        model = _timm(name, pretrained, kwargs)
+    elif kind == "torchvision":
+        model = _torchvision(name, pretrained, kwargs)
+    else:
+        if pretrained:
+            raise ModelError(f"pretrained=True works with timm: and torchvision: specs only; "
+                             f"for {spec!r} pass weights=FILE (--weights FILE)")
+        model = _call(spec, _factory(kind, name), kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def _unknown_spec(spec: str) -> str:
+    hint = ""
+    if spec and ":" not in spec:
+        names = [f"timm:{n}" for n in closest(spec, _timm_names(), 3)]
+        names += [f"torchvision:{n}" for n in closest(spec, _torchvision_names(), 3)]
+        hint = f"; did you mean {', '.join(names)}?" if names else ""
+    return f"cannot read model spec {spec!r}: use one of {', '.join(FORMS)}{hint}"
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return list(timm.list_models())
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models())
+
+
+def _call(spec: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> nn.Module:
+    try:
+        model = factory(**kwargs)
+    except TypeError as err:
+        raise ModelError(f"cannot build {spec!r} with arguments {dict(kwargs)}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _pretrained_error(spec: str, err: Exception) -> ModelError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ModelError(f"cannot download pretrained weights for {spec!r} (no model hub reachable: "
+                      f"{reason[:160]}); pass a local state dict with --weights FILE")
+
+
+def _is_network_error(err: BaseException) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        names = {c.__name__ for c in type(e).__mro__}
+        if names & set(_NETWORK_ERRORS) or isinstance(e, ConnectionError | TimeoutError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    spec = f"timm:{name}"
+    if not timm.is_model(name):
+        near = closest(name, _timm_names())
+        raise ModelError(f"timm has no model {name!r}" + (
+            f"; closest: {', '.join(near)}" if near else "") + " (see timm.list_models())")
+    try:
+        return _call(spec, lambda **kw: timm.create_model(name, pretrained=pretrained, **kw),
+                     kwargs)
+    except ModelError:
+        raise
+    except Exception as err:
+        if pretrained and _is_network_error(err):
+            raise _pretrained_error(spec, err) from err
+        if pretrained and isinstance(err, RuntimeError | OSError):
+            raise _pretrained_error(spec, err) from err
+        raise ModelError(f"timm could not build {name!r}: {err}") from err
+
+
+def _torchvision(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import torchvision
+
+    spec = f"torchvision:{name}"
+    names = _torchvision_names()
+    if name not in names:
+        near = closest(name, names)
+        raise ModelError(f"torchvision has no model {name!r}" + (
+            f"; closest: {', '.join(near)}" if near else "")
+            + " (see torchvision.models.list_models())")
+    weights = "DEFAULT" if pretrained else None
+    try:
+        return _call(spec, lambda **kw: torchvision.models.get_model(name, weights=weights, **kw),
+                     kwargs)
+    except ModelError:
+        raise
+    except Exception as err:
+        if pretrained and (_is_network_error(err) or isinstance(err, OSError)):
+            raise _pretrained_error(spec, err) from err
+        raise ModelError(f"torchvision could not build {name!r}: {err}") from err
+
+
+def _factory(module: str, attr: str) -> Callable[..., Any]:
+    spec = f"{module}:{attr}"
+    if module.endswith(".py") or "/" in module or "\\" in module:
+        path = Path(module)
+        if not path.is_file():
+            raise ModelError(f"no such file {str(path)!r} in model spec {spec!r}")
+        mod_name = f"_hypercolumns_user_{abs(hash(path.resolve()))}"
+        loader = importlib.util.spec_from_file_location(mod_name, path)
+        if loader is None or loader.loader is None:
+            raise ModelError(f"cannot import {str(path)!r} as Python (model spec {spec!r})")
+        mod = importlib.util.module_from_spec(loader)
+        sys.modules[mod_name] = mod
+        try:
+            loader.loader.exec_module(mod)
+        except Exception as err:
+            sys.modules.pop(mod_name, None)
+            raise ModelError(f"importing {str(path)!r} failed: {type(err).__name__}: {err}") from err
+    else:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            raise ModelError(f"cannot import module {module!r} of model spec {spec!r}: {err}; "
+                             f"accepted forms: {', '.join(FORMS)}") from err
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        near = closest(attr, [n for n in dir(mod) if not n.startswith("_")])
+        raise ModelError(f"{module!r} has no callable {attr!r}" + (
+            f"; closest: {', '.join(near)}" if near else ""))
+    return factory  # type: ignore[no-any-return]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise WeightsError(f"weights file {str(path)!r}: expected .safetensors, .pt or .pth")
+    except WeightsError:
+        raise
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"cannot read weights file {str(path)!r}: {first[:300]}") from err
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _listing(label: str, keys: list[str], limit: int = 8) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"{label} ({len(keys)}): {', '.join(keys[:limit])}{more}"
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict into ``model``, strictly.
+
+    Raises:
+        WeightsError: The file cannot be read, or its keys or shapes do not match; the message
+            lists missing, unexpected and mis-shaped keys.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or misshaped:
+        parts = [_listing(label, keys) for label, keys in (
+            ("missing", missing), ("unexpected", unexpected),
+            ("mis-shaped (file vs model)", misshaped)) if keys]
+        raise WeightsError(f"weights {str(path)!r} do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
