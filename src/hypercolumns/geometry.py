@@ -163,6 +163,16 @@ def resample(
 def conv(axis: Axis, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> Axis:
     """Convolution or pooling: ``r + (k'-1)S``, ``sS``, ``c0 + ((k'-1)/2 - p)S``."""
     span = dilation * (kernel - 1)
+    if axis.period == 1:  # closed form of the general rule below, for speed
+        half = axis.stride * span / 2
+        return Axis(
+            axis.stride * stride,
+            axis.center + (Q(span, 2) - padding) * axis.stride,
+            (axis.lo[0] - half,),
+            (axis.hi[0] + half,),
+            axis.aligned,
+            axis.envelope,
+        )
     return resample(
         axis,
         slope=Q(stride),
@@ -181,8 +191,11 @@ def transposed_conv(
     """
 
     def taps(o: int) -> list[int]:
-        return [(o + padding - t * dilation) // stride for t in range(kernel)
-                if (o + padding - t * dilation) % stride == 0]
+        return [
+            (o + padding - t * dilation) // stride
+            for t in range(kernel)
+            if (o + padding - t * dilation) % stride == 0
+        ]
 
     return resample(
         axis,
@@ -200,7 +213,10 @@ def shift(axis: Axis, first: int) -> Axis:
 def take(axis: Axis, start: int, step: int) -> Axis:
     """Slicing ``[start::step]`` along the axis."""
     return resample(
-        axis, slope=Q(step), taps=lambda j: (start + j * step,), position=lambda j: Q(start + j * step)
+        axis,
+        slope=Q(step),
+        taps=lambda j: (start + j * step,),
+        position=lambda j: Q(start + j * step),
     )
 
 
@@ -230,8 +246,13 @@ def interpolate(
         def nearest(j: int) -> int:
             return math.floor((j + half) * scale)
 
-        return resample(axis, slope=scale, taps=lambda j: (nearest(j),),
-                        position=lambda j: Q(nearest(j)), units=units)
+        return resample(
+            axis,
+            slope=scale,
+            taps=lambda j: (nearest(j),),
+            position=lambda j: Q(nearest(j)),
+            units=units,
+        )
     if mode not in ("linear", "cubic"):
         raise ValueError(f"unsupported interpolation mode {mode!r}")
 
@@ -267,8 +288,9 @@ def pixel_shuffle(axis: Axis, factor: int, *, inverse: bool = False) -> Axis:
     """``nn.PixelShuffle(factor)`` (units copied ``factor`` times) or its inverse (a k=s=r pool)."""
     if inverse:
         return conv(axis, factor, factor)
-    return resample(axis, slope=Q(1, factor), taps=lambda j: (j // factor,),
-                    position=lambda j: Q(j // factor))
+    return resample(
+        axis, slope=Q(1, factor), taps=lambda j: (j // factor,), position=lambda j: Q(j // factor)
+    )
 
 
 def union(axes: Sequence[Axis], units: int) -> Axis:

@@ -42,7 +42,7 @@ class MapLayout:
         """The output as a ``(B, C, H, W)`` map (extra tokens dropped, other dims as channels)."""
         h, w = self.grid
         if self.y == self.x:
-            t = t.narrow(self.y, self.prefix, h * w).unflatten(self.y, (h, w))
+            t = t.narrow(self.y, self.prefix, h * w).unflatten(self.y, (h, w))  # type: ignore[no-untyped-call]
             y, x = self.y, self.y + 1
         else:
             y, x = self.y, self.x
@@ -117,7 +117,8 @@ def first_conv_channels(model: nn.Module) -> int:
             return int(module.in_channels)
     raise ModelError(
         f"{type(model).__name__} has no 2-D convolution, so it does not look like an image "
-        "model; if it takes (B, N, H, W) images, pass in_channels=N (--in-channels N)")
+        "model; if it takes (B, N, H, W) images, pass in_channels=N (--in-channels N)"
+    )
 
 
 def _layout(state: State) -> MapLayout | None:
@@ -135,8 +136,9 @@ def _layout(state: State) -> MapLayout | None:
     return None
 
 
-def _receptive_field(state: State | None, size: tuple[int, int]) -> tuple[ReceptiveField | None,
-                                                                          MapLayout | None]:
+def _receptive_field(
+    state: State | None, size: tuple[int, int]
+) -> tuple[ReceptiveField | None, MapLayout | None]:
     if state is None or state.unknown:
         return None, None
     layout = None if state.is_global else _layout(state)
@@ -147,7 +149,8 @@ def _receptive_field(state: State | None, size: tuple[int, int]) -> tuple[Recept
         fy, fx = dy.factors
     else:
         fy, fx = dy.factors[0], dx.factors[0]
-    assert fy.geom is not None and fx.geom is not None
+    assert fy.geom is not None
+    assert fx.geom is not None
     return ReceptiveField.from_axes(fy.geom, fx.geom, whole=size if state.mixed else None), layout
 
 
@@ -183,14 +186,16 @@ def layers(
         if rec.output is None:
             continue
         rf, layout = _receptive_field(rec.state, size)
-        out.append(Layer(
-            index=leaf if rec.is_leaf else None,
-            name=rec.name,
-            type=type(rec.module).__name__,
-            shape=tuple(int(s) for s in rec.output.shape[1:]),
-            rf=rf,
-            layout=layout,
-        ))
+        out.append(
+            Layer(
+                index=leaf if rec.is_leaf else None,
+                name=rec.name,
+                type=type(rec.module).__name__,
+                shape=tuple(int(s) for s in rec.output.shape[1:]),
+                rf=rf,
+                layout=layout,
+            )
+        )
         leaf += rec.is_leaf
     return out
 
@@ -236,7 +241,8 @@ def _match(item: str | int, by_name: dict[str, Layer], leaves: list[Layer]) -> l
         if not -len(leaves) <= item < len(leaves):
             raise LayerNotFoundError(
                 f"layer index {item} is out of range: this model has {len(leaves)} leaf layers "
-                f"(indices 0..{len(leaves) - 1}, or -{len(leaves)}..-1); {hint}")
+                f"(indices 0..{len(leaves) - 1}, or -{len(leaves)}..-1); {hint}"
+            )
         return [leaves[item]]
     if item == "all":
         return [layer for layer in leaves if layer.rf is not None and not layer.is_global]

@@ -25,9 +25,21 @@ from hypercolumns.errors import ModelError, WeightsError, closest
 __all__ = ["load_model", "load_weights"]
 
 FORMS = ("timm:NAME", "torchvision:NAME", "package.module:factory", "path/to/file.py:factory")
-_NETWORK_ERRORS = ("URLError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout",
-                   "LocalEntryNotFoundError", "OfflineModeIsEnabled", "HTTPError", "gaierror",
-                   "MaxRetryError", "NewConnectionError", "socket.timeout", "TimeoutError")
+_NETWORK_ERRORS = (
+    "URLError",
+    "ConnectionError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "Timeout",
+    "LocalEntryNotFoundError",
+    "OfflineModeIsEnabled",
+    "HTTPError",
+    "gaierror",
+    "MaxRetryError",
+    "NewConnectionError",
+    "socket.timeout",
+    "TimeoutError",
+)
 
 
 def load_model(
@@ -61,8 +73,10 @@ def load_model(
         model = _torchvision(name, pretrained, kwargs)
     else:
         if pretrained:
-            raise ModelError(f"pretrained=True works with timm: and torchvision: specs only; "
-                             f"for {spec!r} pass weights=FILE (--weights FILE)")
+            raise ModelError(
+                f"pretrained=True works with timm: and torchvision: specs only; "
+                f"for {spec!r} pass weights=FILE (--weights FILE)"
+            )
         model = _call(spec, _factory(kind, name), kwargs)
     if weights is not None:
         load_weights(model, weights)
@@ -102,8 +116,10 @@ def _call(spec: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> 
 
 def _pretrained_error(spec: str, err: Exception) -> ModelError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ModelError(f"cannot download pretrained weights for {spec!r} (no model hub reachable: "
-                      f"{reason[:160]}); pass a local state dict with --weights FILE")
+    return ModelError(
+        f"cannot download pretrained weights for {spec!r} (no model hub reachable: "
+        f"{reason[:160]}); pass a local state dict with --weights FILE"
+    )
 
 
 def _is_network_error(err: BaseException) -> bool:
@@ -124,11 +140,15 @@ def _timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     spec = f"timm:{name}"
     if not timm.is_model(name):
         near = closest(name, _timm_names())
-        raise ModelError(f"timm has no model {name!r}" + (
-            f"; closest: {', '.join(near)}" if near else "") + " (see timm.list_models())")
+        raise ModelError(
+            f"timm has no model {name!r}"
+            + (f"; closest: {', '.join(near)}" if near else "")
+            + " (see timm.list_models())"
+        )
     try:
-        return _call(spec, lambda **kw: timm.create_model(name, pretrained=pretrained, **kw),
-                     kwargs)
+        return _call(
+            spec, lambda **kw: timm.create_model(name, pretrained=pretrained, **kw), kwargs
+        )
     except ModelError:
         raise
     except Exception as err:
@@ -146,13 +166,16 @@ def _torchvision(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
     names = _torchvision_names()
     if name not in names:
         near = closest(name, names)
-        raise ModelError(f"torchvision has no model {name!r}" + (
-            f"; closest: {', '.join(near)}" if near else "")
-            + " (see torchvision.models.list_models())")
+        raise ModelError(
+            f"torchvision has no model {name!r}"
+            + (f"; closest: {', '.join(near)}" if near else "")
+            + " (see torchvision.models.list_models())"
+        )
     weights = "DEFAULT" if pretrained else None
     try:
-        return _call(spec, lambda **kw: torchvision.models.get_model(name, weights=weights, **kw),
-                     kwargs)
+        return _call(
+            spec, lambda **kw: torchvision.models.get_model(name, weights=weights, **kw), kwargs
+        )
     except ModelError:
         raise
     except Exception as err:
@@ -177,18 +200,24 @@ def _factory(module: str, attr: str) -> Callable[..., Any]:
             loader.loader.exec_module(mod)
         except Exception as err:
             sys.modules.pop(mod_name, None)
-            raise ModelError(f"importing {str(path)!r} failed: {type(err).__name__}: {err}") from err
+            raise ModelError(
+                f"importing {str(path)!r} failed: {type(err).__name__}: {err}"
+            ) from err
     else:
         try:
             mod = importlib.import_module(module)
         except ImportError as err:
-            raise ModelError(f"cannot import module {module!r} of model spec {spec!r}: {err}; "
-                             f"accepted forms: {', '.join(FORMS)}") from err
+            raise ModelError(
+                f"cannot import module {module!r} of model spec {spec!r}: {err}; "
+                f"accepted forms: {', '.join(FORMS)}"
+            ) from err
     factory = getattr(mod, attr, None)
     if not callable(factory):
         near = closest(attr, [n for n in dir(mod) if not n.startswith("_")])
-        raise ModelError(f"{module!r} has no callable {attr!r}" + (
-            f"; closest: {', '.join(near)}" if near else ""))
+        raise ModelError(
+            f"{module!r} has no callable {attr!r}"
+            + (f"; closest: {', '.join(near)}" if near else "")
+        )
     return factory  # type: ignore[no-any-return]
 
 
@@ -217,7 +246,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file {str(path)!r} does not hold a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
+    return dict(state)
 
 
 def _listing(label: str, keys: list[str], limit: int = 8) -> str:
@@ -237,11 +266,20 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    misshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or misshaped:
-        parts = [_listing(label, keys) for label, keys in (
-            ("missing", missing), ("unexpected", unexpected),
-            ("mis-shaped (file vs model)", misshaped)) if keys]
+        parts = [
+            _listing(label, keys)
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("mis-shaped (file vs model)", misshaped),
+            )
+            if keys
+        ]
         raise WeightsError(f"weights {str(path)!r} do not fit the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)

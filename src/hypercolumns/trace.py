@@ -34,13 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from hypercolumns import geometry as g
 from hypercolumns.errors import GeometryWarning, HypercolumnsError, InputSizeError, ModelError
 
-__all__ = ["Factor", "Dim", "ModuleRecord", "State", "Trace", "trace"]
+__all__ = ["Dim", "Factor", "ModuleRecord", "State", "Trace", "trace"]
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,9 @@ class _Call:
         return tuple(out.shape)
 
 
-def _bind(func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _bind(
+    func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     bound: dict[str, Any] = {}
     for i, arg in enumerate(func._schema.arguments):
         if i < len(args):
@@ -169,8 +170,12 @@ def _ints(value: Any, n: int) -> list[int]:
     return vals * n if len(vals) == 1 and n > 1 else vals
 
 
-def _mapped(state: State, out_shape: Sequence[int], axes: Sequence[int],
-            fn: Callable[[int, g.Axis, int], g.Axis]) -> State:
+def _mapped(
+    state: State,
+    out_shape: Sequence[int],
+    axes: Sequence[int],
+    fn: Callable[[int, g.Axis, int], g.Axis],
+) -> State:
     """Apply ``fn(i, geometry, new_size)`` to the i-th of the tensor dims ``axes``."""
     if state.is_global:
         return _flat(out_shape, is_global=True)
@@ -207,8 +212,9 @@ def _rule_conv(call: _Call) -> State:
     s, p = _ints(call.args["stride"], n), _ints(call.args["padding"], n)
     d = _ints(call.args["dilation"], n)
     fn = g.transposed_conv if call.args["transposed"] else g.conv
-    return _mapped(st, call.out_shape, list(range(2, 2 + n)),
-                   lambda i, a, _: fn(a, k[i], s[i], p[i], d[i]))
+    return _mapped(
+        st, call.out_shape, list(range(2, 2 + n)), lambda i, a, _: fn(a, k[i], s[i], p[i], d[i])
+    )
 
 
 def _pool_rule(n: int) -> _Rule:
@@ -219,8 +225,13 @@ def _pool_rule(n: int) -> _Rule:
         s = _ints(call.args.get("stride"), n) or k
         p = _ints(call.args.get("padding", 0), n)
         d = _ints(call.args.get("dilation", 1), n)
-        return _mapped(st, call.out_shape, _spatial_tail(call, n),
-                       lambda i, a, _: g.conv(a, k[i], s[i], p[i], d[i]))
+        return _mapped(
+            st,
+            call.out_shape,
+            _spatial_tail(call, n),
+            lambda i, a, _: g.conv(a, k[i], s[i], p[i], d[i]),
+        )
+
     return rule
 
 
@@ -232,8 +243,10 @@ def _adaptive_rule(n: int) -> _Rule:
         shape_in = call.shape("self")
         if all(call.out_shape[d] == 1 for d in axes) and any(st.dims[d].spatial for d in axes):
             return _flat(call.out_shape, is_global=True)
-        return _mapped(st, call.out_shape, axes,
-                       lambda i, a, size: g.adaptive_pool(a, shape_in[axes[i]], size))
+        return _mapped(
+            st, call.out_shape, axes, lambda i, a, size: g.adaptive_pool(a, shape_in[axes[i]], size)
+        )
+
     return rule
 
 
@@ -246,8 +259,11 @@ def _upsample_rule(mode: str, n: int) -> _Rule:
         shape_in = call.shape(name)
         align = bool(call.args.get("align_corners") or False)
         factors = call.args.get("scale_factors")
-        named = [call.args.get(k) for k in ("scales_d", "scales_h", "scales_w", "scales")
-                 if k in call.args]
+        named = [
+            call.args.get(k)
+            for k in ("scales_d", "scales_h", "scales_w", "scales")
+            if k in call.args
+        ]
 
         def scale(i: int, size_in: int, size_out: int) -> Fraction:
             if align:
@@ -257,8 +273,15 @@ def _upsample_rule(mode: str, n: int) -> _Rule:
                 return 1 / g.as_fraction(given)
             return Fraction(size_in, size_out)
 
-        return _mapped(st, call.out_shape, axes, lambda i, a, size: g.interpolate(
-            a, mode, scale(i, shape_in[axes[i]], size), align_corners=align, units=size))
+        return _mapped(
+            st,
+            call.out_shape,
+            axes,
+            lambda i, a, size: g.interpolate(
+                a, mode, scale(i, shape_in[axes[i]], size), align_corners=align, units=size
+            ),
+        )
+
     return rule
 
 
@@ -268,8 +291,11 @@ def _rule_pixel_shuffle(inverse: bool) -> _Rule:
         assert st is not None
         r = int(call.args["downscale_factor" if inverse else "upscale_factor"])
         axes = _spatial_tail(call, 2)
-        st = replace(st, dims=st.dims[:-3] + (_plain(call.out_shape[-3]),) + st.dims[-2:])
-        return _mapped(st, call.out_shape, axes, lambda i, a, _: g.pixel_shuffle(a, r, inverse=inverse))
+        st = replace(st, dims=(*st.dims[:-3], _plain(call.out_shape[-3]), *st.dims[-2:]))
+        return _mapped(
+            st, call.out_shape, axes, lambda i, a, _: g.pixel_shuffle(a, r, inverse=inverse)
+        )
+
     return rule
 
 
@@ -302,7 +328,7 @@ def _rule_slice(call: _Call) -> State | None:
     if dim.prefix:
         n_out = call.out_shape[d]
         if start == dim.prefix and step == 1 and n_out == size - dim.prefix:
-            return replace(st, dims=st.dims[:d] + (Dim(dim.factors),) + st.dims[d + 1:])
+            return replace(st, dims=(*st.dims[:d], Dim(dim.factors), *st.dims[d + 1 :]))
         if start + n_out * step <= dim.prefix:  # only the extra tokens (class, register)
             return _flat(call.out_shape, is_global=True) if st.mixed else None
         raise _OpError("slices a token axis")
@@ -315,7 +341,7 @@ def _rule_select(call: _Call) -> State | None:
     shape = call.shape("self")
     d = _norm_dim(int(call.args["dim"]), len(shape))
     dim = st.dims[d]
-    rest = st.dims[:d] + st.dims[d + 1:]
+    rest = st.dims[:d] + st.dims[d + 1 :]
     if st.is_global or not dim.spatial:
         return replace(st, dims=rest)
     index = _norm_dim(int(call.args["index"]), shape[d])
@@ -333,8 +359,9 @@ def _merge_dims(dims: Sequence[Dim], size: int) -> Dim:
     if len(spatial) == 1:
         return first
     shape = [(f.size, f.axis) for f in first.factors]
-    if any([(f.size, f.axis) for f in d.factors] != shape or d.prefix != first.prefix
-           for d in spatial):
+    if any(
+        [(f.size, f.axis) for f in d.factors] != shape or d.prefix != first.prefix for d in spatial
+    ):
         raise _OpError("combines spatial axes laid out differently")
     factors = []
     for i, f in enumerate(first.factors):
@@ -372,7 +399,7 @@ def _rule_cat(call: _Call, stack: bool = False) -> State:
         return _flat(call.out_shape, is_global=True)
     out = call.out_shape
     if stack:
-        live_dims = [s.dims[:d] + (_plain(1),) + s.dims[d:] for s, _ in live]
+        live_dims = [(*s.dims[:d], _plain(1), *s.dims[d:]) for s, _ in live]
     else:
         live_dims = [s.dims for s, _ in live]
     dims = []
@@ -387,14 +414,17 @@ def _rule_cat(call: _Call, stack: bool = False) -> State:
         grid = [i for i, (s, _) in enumerate(states) if s is not None and s.dims[d].spatial]
         if len(grid) != 1 or grid[0] != len(states) - 1:
             raise _OpError("concatenates along a spatial axis")
-        dim = states[-1][0].dims[d]  # type: ignore[union-attr]
+        last = states[-1][0]
+        assert last is not None
+        dim = last.dims[d]
         before = sum(t.shape[d] for _, t in states[:-1])
         dims.append(Dim(dim.factors, dim.prefix + before))
     return State(tuple(dims))
 
 
-def _reduce(st: State, shape: Sequence[int], dims_arg: Any, keepdim: bool,
-            out_shape: Sequence[int]) -> State:
+def _reduce(
+    st: State, shape: Sequence[int], dims_arg: Any, keepdim: bool, out_shape: Sequence[int]
+) -> State:
     rank = len(shape)
     if dims_arg is None or (isinstance(dims_arg, list | tuple) and len(dims_arg) == 0):
         reduced = set(range(rank))
@@ -402,8 +432,11 @@ def _reduce(st: State, shape: Sequence[int], dims_arg: Any, keepdim: bool,
         reduced = {_norm_dim(int(x), rank) for x in _ints(dims_arg, 1)}
     if st.is_global or any(st.dims[d].spatial for d in reduced):
         return _flat(out_shape, is_global=True)
-    kept = [(_plain(1) if d in reduced else st.dims[d]) for d in range(rank)
-            if keepdim or d not in reduced]
+    kept = [
+        (_plain(1) if d in reduced else st.dims[d])
+        for d in range(rank)
+        if keepdim or d not in reduced
+    ]
     if len(kept) != len(out_shape):
         return _flat(out_shape, is_global=True)
     return State(tuple(kept))
@@ -431,16 +464,21 @@ def _matmul_rule(names: tuple[str, str], batched: bool) -> _Rule:
         a, b = (call.state(n) for n in names)
         if a is not None and b is not None:  # both from the image: attention, positions mix
             if not a.is_global and any(d.spatial for d in a.dims[:-1]):
-                return State(a.dims[:-1] + (_plain(call.out_shape[-1]),), mixed=True)
+                return State((*a.dims[:-1], _plain(call.out_shape[-1])), mixed=True)
             return _flat(call.out_shape, is_global=True)
-        if (a and a.is_global) or (b and b.is_global) or (a and a.dims[-1].spatial) or (
-                b and b.dims[-2].spatial):
+        if (
+            (a and a.is_global)
+            or (b and b.is_global)
+            or (a and a.dims[-1].spatial)
+            or (b and b.dims[-2].spatial)
+        ):
             return _flat(call.out_shape, is_global=True)
         if a is not None:
-            return State(a.dims[:-1] + (_plain(call.out_shape[-1]),))
+            return State((*a.dims[:-1], _plain(call.out_shape[-1])))
         assert b is not None
         lead = b.dims[:-2] if batched else ()
-        return State(lead + (_plain(call.out_shape[-2]), b.dims[-1]))
+        return State((*lead, _plain(call.out_shape[-2]), b.dims[-1]))
+
     return rule
 
 
@@ -468,7 +506,7 @@ def _rule_unsqueeze(call: _Call) -> State:
     st = call.state("self")
     assert st is not None
     d = _norm_dim(int(call.args["dim"]), len(st.dims) + 1)
-    return replace(st, dims=st.dims[:d] + (_plain(1),) + st.dims[d:])
+    return replace(st, dims=(*st.dims[:d], _plain(1), *st.dims[d:]))
 
 
 def _rule_expand(call: _Call) -> State:
@@ -542,13 +580,21 @@ def _rule_split(call: _Call) -> list[State]:
     d = _norm_dim(int(call.args.get("dim") or 0), len(shape))
     outs: list[torch.Tensor] = list(call.out)
     if st.is_global or not st.dims[d].spatial:
-        return [_mapped(st, tuple(o.shape), [d], lambda i, a, _: a) if not st.is_global
-                else _flat(o.shape, is_global=True) for o in outs]
+        return [
+            _mapped(st, tuple(o.shape), [d], lambda i, a, _: a)
+            if not st.is_global
+            else _flat(o.shape, is_global=True)
+            for o in outs
+        ]
     result, start = [], 0
     for o in outs:
-        result.append(_mapped(st, tuple(o.shape), [d], lambda i, a, _, s=start: g.shift(a, s)))
+        result.append(_mapped(st, tuple(o.shape), [d], _shifter(start)))
         start += o.shape[d]
     return result
+
+
+def _shifter(first: int) -> Callable[[int, g.Axis, int], g.Axis]:
+    return lambda i, a, size: g.shift(a, first)
 
 
 def _rule_unbind(call: _Call) -> list[State]:
@@ -557,7 +603,7 @@ def _rule_unbind(call: _Call) -> list[State]:
     d = _norm_dim(int(call.args.get("dim") or 0), len(st.dims))
     if st.dims[d].spatial and not st.is_global:
         raise _OpError("unbinds a spatial axis")
-    return [State(st.dims[:d] + st.dims[d + 1:], st.is_global) for _ in call.out]
+    return [State(st.dims[:d] + st.dims[d + 1 :], st.is_global) for _ in call.out]
 
 
 def _rule_roll(call: _Call) -> State:
@@ -603,6 +649,33 @@ def _rule_attention(call: _Call) -> State:
 
 def _rule_constant(call: _Call) -> None:
     return None
+
+
+def _rule_moves(call: _Call) -> State:
+    """Ops that may move values between positions (flip, gather, repeat, grid sampling).
+
+    Along non-spatial dims (a channel shuffle, repeating channels) positions are untouched;
+    along a spatial dim the geometry is unknown.
+    """
+    name = "self" if "self" in call.args else "input"
+    st = call.state(name)
+    if st is not None and not st.is_global:
+        rank = len(st.dims)
+        if "repeats" in call.args:
+            reps = _ints(call.args["repeats"], 1)
+            dims = [d for d in range(rank) if reps[len(reps) - rank + d] != 1]
+        else:
+            dims = (
+                [
+                    _norm_dim(int(d), rank)
+                    for d in _ints(call.args.get("dim", call.args.get("dims")), 1)
+                ]
+                if ("dim" in call.args or "dims" in call.args)
+                else list(range(rank))
+            )
+        if not any(st.dims[d].spatial for d in dims):
+            return _mapped(st, call.out_shape, [], lambda i, a, _: a)
+    raise _OpError("moves values between positions")
 
 
 _RULES: dict[str, _Rule] = {
@@ -659,57 +732,246 @@ _RULES: dict[str, _Rule] = {
 for _n in (1, 2, 3):
     for _op in (f"max_pool{_n}d", f"max_pool{_n}d_with_indices", f"avg_pool{_n}d"):
         _RULES[_op] = _pool_rule(_n)
-    for _op in (f"reflection_pad{_n}d", f"replication_pad{_n}d", f"_pad_circular"):
+    for _op in (f"reflection_pad{_n}d", f"replication_pad{_n}d", "_pad_circular"):
         _RULES[_op] = _rule_pad
 for _n, _modes in {1: ("linear",), 2: ("bilinear", "bicubic"), 3: ("trilinear",)}.items():
     _RULES[f"upsample_nearest{_n}d"] = _upsample_rule("nearest", _n)
     _RULES[f"_upsample_nearest_exact{_n}d"] = _upsample_rule("nearest-exact", _n)
     for _m in _modes:
         _RULES[f"upsample_{_m}{_n}d"] = _upsample_rule("cubic" if _m == "bicubic" else "linear", _n)
-for _op in ("mean", "sum", "amax", "amin", "max", "min", "var", "std", "var_mean", "std_mean",
-            "logsumexp", "norm", "linalg_vector_norm", "prod", "argmax", "argmin", "any", "all",
-            "nansum", "nanmean", "median", "nanmedian", "mode", "count_nonzero", "aminmax"):
+for _op in (
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "var",
+    "std",
+    "var_mean",
+    "std_mean",
+    "logsumexp",
+    "norm",
+    "linalg_vector_norm",
+    "prod",
+    "argmax",
+    "argmin",
+    "any",
+    "all",
+    "nansum",
+    "nanmean",
+    "median",
+    "nanmedian",
+    "mode",
+    "count_nonzero",
+    "aminmax",
+):
     _RULES[_op] = _rule_reduce
-for _op in ("_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax", "cumsum",
-            "cumprod", "logcumsumexp", "cummax", "cummin", "sort", "argsort", "topk"):
+for _op in (
+    "_softmax",
+    "_log_softmax",
+    "softmax",
+    "log_softmax",
+    "_safe_softmax",
+    "cumsum",
+    "cumprod",
+    "logcumsumexp",
+    "cummax",
+    "cummin",
+    "sort",
+    "argsort",
+    "topk",
+):
     _RULES[_op] = _rule_along
-for _op in ("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
-            "_native_batch_norm_legit_functional", "native_layer_norm", "native_group_norm",
-            "_fused_rms_norm", "rms_norm", "cudnn_batch_norm", "miopen_batch_norm", "clone",
-            "alias", "detach", "_to_copy", "lift_fresh", "contiguous", "native_dropout",
-            "dropout", "feature_dropout", "alpha_dropout", "as_strided_", "_conj", "conj",
-            "resolve_conj", "resolve_neg", "to", "type_as"):
+for _op in (
+    "native_batch_norm",
+    "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit_functional",
+    "native_layer_norm",
+    "native_group_norm",
+    "_fused_rms_norm",
+    "rms_norm",
+    "cudnn_batch_norm",
+    "miopen_batch_norm",
+    "clone",
+    "alias",
+    "detach",
+    "_to_copy",
+    "lift_fresh",
+    "contiguous",
+    "native_dropout",
+    "dropout",
+    "feature_dropout",
+    "alpha_dropout",
+    "as_strided_",
+    "_conj",
+    "conj",
+    "resolve_conj",
+    "resolve_neg",
+    "to",
+    "type_as",
+):
     _RULES[_op] = _rule_first
-_ATTENTION = ("scaled_dot_product", "flash_attention", "efficient_attention",
-              "multi_head_attention", "_cudnn_attention")
+for _op in (
+    "flip",
+    "rot90",
+    "index",
+    "index_select",
+    "gather",
+    "scatter",
+    "scatter_add",
+    "scatter_reduce",
+    "index_put",
+    "index_add",
+    "take",
+    "take_along_dim",
+    "masked_scatter",
+    "grid_sampler_2d",
+    "grid_sampler_3d",
+    "grid_sampler",
+    "_upsample_bilinear2d_aa",
+    "_upsample_bicubic2d_aa",
+    "im2col",
+    "col2im",
+    "unfold",
+    "repeat",
+    "as_strided",
+    "nonzero",
+    "masked_select",
+    "diagonal",
+    "tril",
+    "triu",
+):
+    _RULES[_op] = _rule_moves
+_ATTENTION = (
+    "scaled_dot_product",
+    "flash_attention",
+    "efficient_attention",
+    "multi_head_attention",
+    "_cudnn_attention",
+)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-class _Tracer(TorchDispatchMode):
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+def _to_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value if value.is_meta else value.to("meta")
+    if isinstance(value, list | tuple) and any(isinstance(v, torch.Tensor) for v in value):
+        return type(value)(_to_meta(v) for v in value)
+    return value
+
+
+_BOOLEAN = {
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "logical_and",
+    "logical_or",
+    "logical_xor",
+    "logical_not",
+    "isnan",
+    "isinf",
+    "isfinite",
+    "isneginf",
+    "isposinf",
+    "signbit",
+    "isreal",
+}
+_BATCH_NORMS = {
+    "native_batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit",
+    "cudnn_batch_norm",
+}
+
+
+def _meta_shortcut(func: Any, args: tuple[Any, ...]) -> Any:
+    """Outputs of shape-preserving ops built directly: PyTorch's meta kernels for batch norm and
+    in-place activations are Python decompositions that cost more than the rest of a trace."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or not x.is_meta:
+        return None
+    name = func.overloadpacket.__name__
+    if name in _BATCH_NORMS:
+        stats = torch.empty(0, device="meta", dtype=x.dtype)
+        return (torch.empty_like(x), stats, stats.clone())
+    if name == "native_layer_norm":
+        n = len(args[1])
+        stats = torch.empty((*x.shape[: x.dim() - n], *([1] * n)), device="meta", dtype=x.dtype)
+        return (torch.empty_like(x), stats, stats.clone())
+    if torch.Tag.pointwise not in func.tags or name in _BOOLEAN or not x.dtype.is_floating_point:
+        return None
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if any(t.dtype != x.dtype for t in tensors):
+        return None  # type promotion: leave it to PyTorch
+    if name.endswith("_"):
+        return x
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))  # type: ignore[no-untyped-call]
+    like = next((t for t in tensors if t.shape == shape and t.is_meta), None)
+    if like is not None:
+        return torch.empty_like(like)
+    return torch.empty(shape, device="meta", dtype=x.dtype)
+
+
+class _States:
+    """Tensor -> State, holding tensors weakly (a real-tensor fallback run frees activations)."""
+
+    def __init__(self) -> None:
+        self._map = WeakIdKeyDictionary()
+
+    def get(self, t: torch.Tensor) -> State | None:
+        st: State | None = self._map.get(t)  # type: ignore[no-untyped-call]
+        return st
+
+    def __setitem__(self, t: torch.Tensor, st: State) -> None:
+        self._map[t] = st
+
+    def pop(self, t: torch.Tensor) -> None:
+        self._map.pop(t, None)  # type: ignore[no-untyped-call]
+
+
+class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def __init__(self, meta: bool) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.meta = meta
-        self.states: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.states = _States()
         self.stack: list[str] = []
         self.warnings: dict[str, None] = {}
         self.assumed: dict[str, None] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        flat, spec = tree_flatten((args, kwargs))
-        tensors = [a for a in flat if isinstance(a, torch.Tensor)]
+        tensors = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
         if self.meta and any(t.is_meta for t in tensors):
-            flat = [a.to("meta") if isinstance(a, torch.Tensor) and not a.is_meta else a
-                    for a in flat]
-            args, kwargs = tree_unflatten(flat, spec)
-        out = func(*args, **kwargs)
+            out = _meta_shortcut(func, args)
+            if out is None:
+                args = tuple(_to_meta(a) for a in args)
+                kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
+                out = func(*args, **kwargs)
+        else:
+            out = func(*args, **kwargs)
         states = [self.states.get(t) for t in tensors]
         if all(s is None for s in states):
             return out
-        outs = [o for o in (out if isinstance(out, tuple | list) else (out,))
-                if isinstance(o, torch.Tensor)]
+        outs = [
+            o
+            for o in (out if isinstance(out, tuple | list) else (out,))
+            if isinstance(o, torch.Tensor)
+        ]
         if not outs:
             return out
         if any(s is not None and s.unknown for s in states):
@@ -726,7 +988,7 @@ class _Tracer(TorchDispatchMode):
         mixed = any(s is not None and s.mixed for s in states)
         for o, st in zip(outs, results, strict=False):
             if st is None:
-                self.states.pop(o, None)
+                self.states.pop(o)
             else:
                 if mixed and not st.is_global and not st.mixed:
                     st = replace(st, mixed=True)
@@ -734,8 +996,16 @@ class _Tracer(TorchDispatchMode):
                 self._check_size(o, st)
         return out
 
-    def _apply(self, func: Any, name: str, args: Any, kwargs: Any, out: Any,
-               tensors: list[torch.Tensor], states: list[State | None]) -> Any:
+    def _apply(
+        self,
+        func: Any,
+        name: str,
+        args: Any,
+        kwargs: Any,
+        out: Any,
+        tensors: list[torch.Tensor],
+        states: list[State | None],
+    ) -> Any:
         rule = _RULES.get(name) or _RULES.get(name.rstrip("_"))
         if rule is None and any(k in name for k in _ATTENTION):
             rule = _rule_attention
@@ -743,8 +1013,7 @@ class _Tracer(TorchDispatchMode):
         if rule is not None:
             return rule(_Call(func, _bind(func, args, kwargs), out, self))
         live = [(s, tuple(t.shape)) for s, t in zip(states, tensors, strict=True) if s is not None]
-        if torch.Tag.pointwise in func.tags or all(
-                shp == tuple(out0.shape) for _, shp in live):
+        if torch.Tag.pointwise in func.tags or all(shp == tuple(out0.shape) for _, shp in live):
             if torch.Tag.pointwise not in func.tags:
                 self.assumed[name] = None
             try:
@@ -756,9 +1025,11 @@ class _Tracer(TorchDispatchMode):
         raise _OpError("changes the shape of a spatial tensor in a way that is not known")
 
     def _unknown(self, name: str, why: str, outs: list[torch.Tensor]) -> None:
-        where = f" in module {self.stack[-1]!r}" if self.stack and self.stack[-1] else ""
-        message = (f"receptive field unknown: op aten.{name}{where} {why}; layers after it are "
-                   "marked unknown")
+        where = f" in module {self.stack[-1]!r}" if self.stack else " in the model's forward"
+        message = (
+            f"receptive field unknown: op aten.{name}{where} {why}; layers after it are "
+            "marked unknown"
+        )
         if message not in self.warnings:
             self.warnings[message] = None
             warnings.warn(message, GeometryWarning, stacklevel=2)
@@ -773,7 +1044,8 @@ class _Tracer(TorchDispatchMode):
                     raise InputSizeError(
                         f"the input is too small for this model: layer {where!r} "
                         f"collapses the {'height' if f.axis == 'y' else 'width'} to zero "
-                        f"(output shape {tuple(out.shape)}); use a larger --input-size")
+                        f"(output shape {tuple(out.shape)}); use a larger --input-size"
+                    )
 
 
 @contextmanager
@@ -789,6 +1061,7 @@ def _hooks(model: nn.Module, tracer: _Tracer, records: list[ModuleRecord]) -> It
                 rec = ModuleRecord(name, mod, len(records), is_leaf)
                 seen[id(mod)] = rec
                 records.append(rec)
+
         return hook
 
     def post(mod: nn.Module, args: Any, output: Any) -> None:
@@ -828,8 +1101,14 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
 def _input_state(shape: Sequence[int]) -> State:
     b, c, h, w = shape
-    return State((_plain(b), _plain(c), Dim((Factor(h, "y", g.IDENTITY),)),
-                  Dim((Factor(w, "x", g.IDENTITY),))))
+    return State(
+        (
+            _plain(b),
+            _plain(c),
+            Dim((Factor(h, "y", g.IDENTITY),)),
+            Dim((Factor(w, "x", g.IDENTITY),)),
+        )
+    )
 
 
 def trace(model: nn.Module, input_size: tuple[int, int], in_channels: int) -> Trace:
@@ -874,7 +1153,9 @@ def _run(model: nn.Module, shape: tuple[int, ...], meta: bool) -> Trace:
         if "too small" in first or "size per channel" in first or "Output size" in first:
             raise InputSizeError(
                 f"the input {shape[2]}x{shape[3]} is too small for this model: it fails"
-                f"{culprit}: {first}") from err
-        raise ModelError(f"the model raised{culprit} on a {tuple(shape)} input: "
-                         f"{type(err).__name__}: {first}") from err
+                f"{culprit}: {first}"
+            ) from err
+        raise ModelError(
+            f"the model raised{culprit} on a {tuple(shape)} input: {type(err).__name__}: {first}"
+        ) from err
     return Trace((shape[2], shape[3]), records, list(tracer.warnings), meta)
