@@ -311,6 +311,11 @@ def test_model_is_left_as_found() -> None:
     assert next(model.parameters()).device.type == "cpu"
 
 
+def test_works_under_inference_mode() -> None:
+    with torch.inference_mode():
+        assert geometry(rf(TwoStage(), "down")) == ((9, 9), (2.0, 2.0), (0.0, 0.0))
+
+
 def test_data_dependent_forward_falls_back_to_real_tensors() -> None:
     class DataDependent(nn.Module):
         def __init__(self) -> None:

@@ -1137,7 +1137,14 @@ def _run(model: nn.Module, shape: tuple[int, ...], meta: bool) -> Trace:
     x = torch.empty(shape, device="meta") if meta else torch.zeros(shape)
     tracer.states[x] = _input_state(shape)
     try:
-        with evaluating(model), torch.no_grad(), _hooks(model, tracer, records), tracer:
+        # Outside inference mode: there, composite ops (aten.conv2d) are not decomposed.
+        with (
+            evaluating(model),
+            torch.inference_mode(False),
+            torch.no_grad(),
+            _hooks(model, tracer, records),
+            tracer,
+        ):
             model(x)
     except HypercolumnsError:
         raise
