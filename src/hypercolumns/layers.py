@@ -111,7 +111,10 @@ def parse_size(value: int | str | Sequence[int]) -> tuple[int, int]:
 
 
 def first_conv_channels(model: nn.Module) -> int:
-    """Input channels of the model's first 2-D convolution."""
+    """Input channels the model expects: from its timm config, else its first 2-D convolution."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and isinstance(cfg.get("input_size"), tuple | list):
+        return int(cfg["input_size"][0])
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
             return int(module.in_channels)

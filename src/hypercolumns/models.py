@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -172,6 +173,9 @@ def _torchvision(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
             + " (see torchvision.models.list_models())"
         )
     weights = "DEFAULT" if pretrained else None
+    builder = torchvision.models.get_model_builder(name)
+    if "weights_backbone" in inspect.signature(builder).parameters and not pretrained:
+        kwargs = {"weights_backbone": None, **kwargs}  # random means random: no backbone download
     try:
         return _call(
             spec, lambda **kw: torchvision.models.get_model(name, weights=weights, **kw), kwargs

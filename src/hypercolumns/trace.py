@@ -872,6 +872,9 @@ def _to_meta(value: Any) -> Any:
     return value
 
 
+_COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
+# Elementwise ops that PyTorch does not tag ``pointwise``.
+_ELEMENTWISE = {"hardswish", "log_sigmoid_forward", "_prelu_kernel", "rrelu_with_noise"}
 _BOOLEAN = {
     "eq",
     "ne",
@@ -951,10 +954,17 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self.states = _States()
         self.stack: list[str] = []
         self.warnings: dict[str, None] = {}
-        self.assumed: dict[str, None] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name not in _RULES and func.has_kernel_for_dispatch_key(_COMPOSITE):
+            # Composite ops reach the mode undecomposed in inference mode or with inference
+            # tensors: follow their decomposition instead of guessing.
+            with self:
+                result = func.decompose(*args, **kwargs)
+            if result is not NotImplemented:
+                return result
         tensors = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
         if self.meta and any(t.is_meta for t in tensors):
             out = _meta_shortcut(func, args)
@@ -978,7 +988,6 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
             for o in outs:
                 self.states[o] = _flat(o.shape, unknown=True)
             return out
-        name = func.overloadpacket.__name__
         try:
             result = self._apply(func, name, args, kwargs, out, tensors, states)
         except _OpError as err:
@@ -1013,15 +1022,15 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
         if rule is not None:
             return rule(_Call(func, _bind(func, args, kwargs), out, self))
         live = [(s, tuple(t.shape)) for s, t in zip(states, tensors, strict=True) if s is not None]
-        if torch.Tag.pointwise in func.tags or all(shp == tuple(out0.shape) for _, shp in live):
-            if torch.Tag.pointwise not in func.tags:
-                self.assumed[name] = None
+        if torch.Tag.pointwise in func.tags or name.rstrip("_") in _ELEMENTWISE:
             try:
                 return _broadcast(live, tuple(out0.shape))
             except _OpError:
                 raise
             except Exception as err:  # shapes that do not broadcast: not elementwise after all
                 raise _OpError("is not elementwise") from err
+        if all(shp == tuple(out0.shape) for _, shp in live):
+            raise _OpError("is not a known op (it keeps the shape but may mix positions)")
         raise _OpError("changes the shape of a spatial tensor in a way that is not known")
 
     def _unknown(self, name: str, why: str, outs: list[torch.Tensor]) -> None:
