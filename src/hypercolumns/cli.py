@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,26 +31,51 @@ stderr = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
 
 
-ModelArg = Annotated[str, typer.Argument(
-    metavar="MODEL",
-    help="timm:NAME, torchvision:NAME, package.module:factory or path/to/file.py:factory.",
-    show_default=False)]
-ModelKwargs = Annotated[str | None, typer.Option(
-    "--model-kwargs", metavar="JSON",
-    help='Keyword arguments for the model factory, as JSON, e.g. \'{"output_stride": 8}\'.')]
-Weights = Annotated[Path | None, typer.Option(
-    "--weights", metavar="FILE", help="Local state dict (.safetensors, .pt, .pth) to load.")]
-Pretrained = Annotated[bool, typer.Option(
-    "--pretrained", help="Download the library's pretrained weights (needs a model hub).")]
-InputSize = Annotated[str, typer.Option(
-    "--input-size", "-s", metavar="H[,W]", help="Input image size, e.g. 224 or 480,640.")]
-InChannels = Annotated[int | None, typer.Option(
-    "--in-channels", min=1, help="Input channels [default: those of the first convolution].")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help="timm:NAME, torchvision:NAME, package.module:factory or path/to/file.py:factory.",
+        show_default=False,
+    ),
+]
+ModelKwargs = Annotated[
+    str | None,
+    typer.Option(
+        "--model-kwargs",
+        metavar="JSON",
+        help="Keyword arguments for the model factory, as JSON, e.g. '{\"output_stride\": 8}'.",
+    ),
+]
+Weights = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights", metavar="FILE", help="Local state dict (.safetensors, .pt, .pth) to load."
+    ),
+]
+Pretrained = Annotated[
+    bool,
+    typer.Option(
+        "--pretrained", help="Download the library's pretrained weights (needs a model hub)."
+    ),
+]
+InputSize = Annotated[
+    str,
+    typer.Option(
+        "--input-size", "-s", metavar="H[,W]", help="Input image size, e.g. 224 or 480,640."
+    ),
+]
+InChannels = Annotated[
+    int | None,
+    typer.Option(
+        "--in-channels", min=1, help="Input channels [default: those of the first convolution]."
+    ),
+]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
 
@@ -63,8 +88,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
 
@@ -123,15 +152,32 @@ def layers(
         print(f"[\n  {records}\n]" if records else "[]")
         return
     table = Table(title=f"{model} at {input_size}", header_style="bold")
-    for col, justify in (("index", "right"), ("name", "left"), ("type", "left"),
-                         ("shape", "left"), ("rf", "right"), ("stride", "right"),
-                         ("centre", "right"), ("flags", "left")):
+    for col, justify in (
+        ("index", "right"),
+        ("name", "left"),
+        ("type", "left"),
+        ("shape", "left"),
+        ("rf", "right"),
+        ("stride", "right"),
+        ("centre", "right"),
+        ("flags", "left"),
+    ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for layer in found:
         rf = layer.rf
-        flags = [] if rf is None else [n for n, on in (
-            ("global", rf.is_global), ("misaligned", not rf.aligned),
-            ("non-uniform", not rf.uniform)) if on]
+        flags = (
+            []
+            if rf is None
+            else [
+                n
+                for n, on in (
+                    ("global", rf.is_global),
+                    ("misaligned", not rf.aligned),
+                    ("non-uniform", not rf.uniform),
+                )
+                if on
+            ]
+        )
         table.add_row(
             "" if layer.index is None else str(layer.index),
             layer.name,
@@ -163,11 +209,20 @@ def main() -> None:
         except Exception as err:
             if _state["debug"]:
                 raise
-            stderr.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {err} "
-                         "(run with --debug for the traceback)", highlight=False)
+            stderr.print(
+                f"[bold red]error:[/] unexpected {type(err).__name__}: {err} "
+                "(run with --debug for the traceback)",
+                highlight=False,
+            )
             sys.exit(1)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: Any = None, line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
