@@ -144,7 +144,9 @@ def test_unnormalize_round_trips(tmp_path: Path) -> None:
     import torchvision
 
     arr = np.random.default_rng(1).integers(0, 255, (6, 7, 3), dtype=np.uint8)
-    x, prep = load_image(_save(tmp_path, "n.png", Image.fromarray(arr)), torchvision.models.squeezenet1_1())
+    x, prep = load_image(
+        _save(tmp_path, "n.png", Image.fromarray(arr)), torchvision.models.squeezenet1_1()
+    )
     torch.testing.assert_close(
         prep.unnormalize(x[0]), torch.from_numpy(arr / 255.0).float().permute(2, 0, 1)
     )

@@ -48,6 +48,10 @@ def _staged(*paths: Path) -> Iterator[list[Path]]:
             os.close(fd)
             temps.append(Path(name))
         yield temps
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp in temps:
+            tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         for tmp, path in zip(temps, paths, strict=True):
             os.replace(tmp, path)
     finally:

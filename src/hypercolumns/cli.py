@@ -600,15 +600,12 @@ def show(
             f"--layer {layer!r} names {len(chosen)} layers; a feature map or --grid shows one "
             "(several work with --mean and --rf)"
         )
-    import torch
-
     if rf:
         fig = plot.receptive_fields(picture, chosen)
     elif mean_hc:
         from hypercolumns.hypercolumns import hypercolumns as compute
 
-        with torch.inference_mode():
-            result = compute(net, x, [c.name for c in chosen])
+        result = compute(net, x, [c.name for c in chosen])
         fig = plot.mean_hypercolumn(result.features, picture, layers=chosen)
     else:
         from hypercolumns.features import feature_maps
@@ -619,8 +616,7 @@ def show(
                 f"layer {target.name!r} is global (shape {target.shape}): it has no spatial map; "
                 "choose a spatial layer (see `hypercolumns layers`)"
             )
-        with torch.inference_mode():
-            maps = feature_maps(net, x, [target.name], as_maps=True)[target.name]
+        maps = feature_maps(net, x, [target.name], as_maps=True)[target.name]
         if grid:
             fig = plot.channel_grid(maps, n_channels, layer=target)
         else:

@@ -92,9 +92,8 @@ def run(
     hc_layers = select(found, list(HYPERCOLUMN_LAYERS))
     rf_layers = select(found, list(RF_LAYERS))
 
-    with torch.inference_mode():
-        maps = feature_maps(model, x, [feat_layer.name], as_maps=True)[feat_layer.name]
-        hc = hypercolumns(model, x, [layer.name for layer in hc_layers])
+    maps = feature_maps(model, x, [feat_layer.name], as_maps=True)[feat_layer.name]
+    hc = hypercolumns(model, x, [layer.name for layer in hc_layers])
     channel = int(maps[0].flatten(1).std(dim=1).argmax())
     figures = {
         "feature_map.png": plot.feature_map(maps, channel, layer=feat_layer, image=image),

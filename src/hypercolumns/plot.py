@@ -317,6 +317,9 @@ def save(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format=suffix[1:], dpi=dpi)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
