@@ -51,8 +51,6 @@ def _maps(maps: torch.Tensor | np.ndarray[Any, Any]) -> Array:
     arr = _array(maps)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim == 2:
-        arr = arr[None]
     if arr.ndim != 3:
         raise HypercolumnsError(
             f"expected feature maps of shape (C, H, W) or (1, C, H, W), got {tuple(arr.shape)}; "
