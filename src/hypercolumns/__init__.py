@@ -8,26 +8,31 @@ from hypercolumns._version import __version__
 from hypercolumns.errors import (
     GeometryWarning,
     HypercolumnsError,
+    ImageError,
     InputSizeError,
     LayerNotFoundError,
     ModelError,
     WeightsError,
 )
 from hypercolumns.geometry import ReceptiveField
+from hypercolumns.images import Preprocessing, load_image
 from hypercolumns.layers import Layer, layers, select
 from hypercolumns.models import load_model
 
 __all__ = [
     "GeometryWarning",
     "HypercolumnsError",
+    "ImageError",
     "InputSizeError",
     "Layer",
     "LayerNotFoundError",
     "ModelError",
+    "Preprocessing",
     "ReceptiveField",
     "WeightsError",
     "__version__",
     "layers",
+    "load_image",
     "load_model",
     "select",
 ]

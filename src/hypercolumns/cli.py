@@ -191,6 +191,488 @@ def layers(
     stdout.print(table)
 
 
+class Align(StrEnum):
+    rf = "rf"
+    half_pixel = "half-pixel"
+
+
+class DType(StrEnum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+Resize = Annotated[
+    str | None,
+    typer.Option(
+        "--resize",
+        metavar="S|H,W",
+        help="Resize first: S scales the shorter side to S (aspect kept), H,W resizes exactly "
+        "[default: keep the image's own size].",
+    ),
+]
+Crop = Annotated[
+    str | None,
+    typer.Option(
+        "--crop", metavar="center:S|center:H,W", help="Centre crop after --resize [default: none]."
+    ),
+]
+Mean = Annotated[
+    str | None,
+    typer.Option(
+        "--mean",
+        metavar="M[,M,M]",
+        help="Normalisation mean per channel [default: the model's: timm pretrained_cfg, "
+        "ImageNet for torchvision, none otherwise].",
+    ),
+]
+Std = Annotated[
+    str | None,
+    typer.Option("--std", metavar="S[,S,S]", help="Normalisation std per channel (see --mean)."),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", metavar="PATH", show_default=False)]
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise HypercolumnsError(f"{option} expects comma-separated numbers, got {text!r}") from err
+
+
+def _bytes(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+    value = text.strip().upper()
+    number = value.rstrip("KMGTIB")
+    try:
+        return int(float(number) * units[value[len(number) :].strip()])
+    except (KeyError, ValueError) as err:
+        raise HypercolumnsError(f"--max-memory expects e.g. 512MB or 4GB, got {text!r}") from err
+
+
+def _channels(layer: Any) -> int:
+    """Channels a layer contributes to a hypercolumn (its size without the spatial axes)."""
+    total = 1
+    for s in layer.shape:
+        total *= int(s)
+    if layer.layout is None:
+        return total
+    y, x = layer.layout.y - 1, layer.layout.x - 1
+    spatial = layer.shape[y] if y == x else layer.shape[y] * layer.shape[x]
+    return total // max(1, int(spatial))
+
+
+def _points(spec: str | None, size: tuple[int, int]) -> Any:
+    """``None``, an int (sample that many) or a ``(1, N, 2)`` long tensor of ``(y, x)``."""
+    import numpy as np
+    import torch
+
+    if spec is None:
+        return None
+    if spec.strip().isdigit():
+        n = int(spec)
+        if n < 1:
+            raise HypercolumnsError("--points must be a positive number of pixels to sample")
+        return n
+    path = Path(spec)
+    if not path.is_file():
+        raise HypercolumnsError(
+            f"--points {spec!r} is neither a count nor a file (.json, .npy, .csv of y,x pairs)"
+        )
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".json":
+            arr = np.asarray(json.loads(path.read_text()), dtype=np.float64)
+        else:
+            arr = np.loadtxt(path, delimiter=",", ndmin=2)
+    except (OSError, ValueError) as err:
+        raise HypercolumnsError(f"cannot read points from {spec!r}: {err}") from err
+    if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0:
+        raise HypercolumnsError(f"points in {spec!r} must be N (y, x) pairs, got {arr.shape}")
+    if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        raise HypercolumnsError(f"points in {spec!r} must be whole pixel coordinates")
+    h, w = size
+    outside = (arr[:, 0] < 0) | (arr[:, 0] > h - 1) | (arr[:, 1] < 0) | (arr[:, 1] > w - 1)
+    if outside.any():
+        k = int(np.argmax(outside))
+        y, x = (int(v) for v in arr[k])
+        raise HypercolumnsError(
+            f"point {k} (y={y}, x={x}) in {spec!r} is outside the {h}x{w} input "
+            f"(y in 0..{h - 1}, x in 0..{w - 1}); {int(outside.sum())} of {len(arr)} are outside"
+        )
+    return torch.as_tensor(arr, dtype=torch.long)[None]
+
+
+def _progress(total: int, label: str) -> Any:
+    from contextlib import nullcontext
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    if total <= 1:
+        return nullcontext(None)
+    return Progress(
+        f"[bold]{label}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+    )
+
+
+@app.command()
+def extract(
+    model: ModelArg,
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="IMAGE...", help="Image files (any format Pillow reads).", show_default=False
+        ),
+    ],
+    layers_spec: Annotated[
+        str,
+        typer.Option(
+            "--layers",
+            "-l",
+            metavar="L1,L2",
+            help="Layers to stack: names, indices (3,8), globs (features.*) or 'all'.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="PATH",
+            help="Output file: .npy (+ PATH.json metadata), .safetensors or .pt.",
+            show_default=False,
+        ),
+    ],
+    points: Annotated[
+        str | None,
+        typer.Option(
+            "--points",
+            "-p",
+            metavar="N|FILE",
+            help="Sparse hypercolumns: sample N pixels per image, or read (y, x) pixel "
+            "coordinates from a .json, .npy or .csv file [default: dense, every pixel].",
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for --points N.")] = None,
+    align: Annotated[
+        Align, typer.Option("--align", help="rf: by receptive-field centres; half-pixel: classic.")
+    ] = Align.rf,
+    dtype: Annotated[DType, typer.Option("--dtype", help="Stored precision.")] = DType.float32,
+    size: Annotated[
+        str | None,
+        typer.Option("--size", metavar="H,W", help="Dense output grid [default: the input size]."),
+    ] = None,
+    resize: Resize = None,
+    crop: Crop = None,
+    mean: Mean = None,
+    std: Std = None,
+    max_memory: Annotated[
+        str,
+        typer.Option("--max-memory", metavar="SIZE", help="Refuse outputs larger than this."),
+    ] = "4GB",
+    fmt: FormatOpt = Format.table,
+    model_kwargs: ModelKwargs = None,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+) -> None:
+    """Extract hypercolumns of IMAGE... and write them with their metadata.
+
+    Dense by default: per image a (C, H, W) stack of the chosen layers, each upsampled to
+    the input grid (global layers broadcast); with --points, (N, C) at N pixels.
+
+    Output by extension. **.npy**: one array with a leading image axis, (B, C, H, W) or
+    (B, N, C), so all images must have the same size (use --resize/--crop); metadata in
+    PATH.json. **.safetensors** / **.pt**: one entry per image keyed by its file stem
+    (sizes may differ), points under STEM/points; metadata in the safetensors header
+    (key "hypercolumns") or the .pt dict's "metadata". Metadata: model spec, layers,
+    channel slices, geometry per layer, preprocessing per image, package version.
+
+    Nothing is written to --out unless everything succeeded.
+
+    Example: hypercolumns extract torchvision:vgg16 cat.jpg --layers 3,8 --out cat.npy
+    """
+    import torch
+
+    from hypercolumns import _output
+    from hypercolumns.hypercolumns import hypercolumns as compute
+    from hypercolumns.images import load_image
+    from hypercolumns.layers import layers as list_layers
+    from hypercolumns.layers import parse_size, select
+
+    suffix = _output.check_suffix(out)
+    limit = _bytes(max_memory)
+    mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std")
+    out_size = parse_size(size) if size is not None else None
+    net = load(model, model_kwargs, weights, pretrained)
+    inputs = [load_image(p, net, mean=mean_v, std=std_v, resize=resize, crop=crop) for p in images]
+    keys = [p.stem for p in images]
+    if suffix == ".npy":
+        sizes = {prep.size for _, prep in inputs}
+        if len(sizes) > 1:
+            listing = ", ".join(
+                f"{p.name} {prep.size[0]}x{prep.size[1]}"
+                for p, (_, prep) in zip(images, inputs, strict=True)
+            )
+            raise HypercolumnsError(
+                f"a .npy output stacks the images, but their sizes differ ({listing}); "
+                "use --resize/--crop, or write .safetensors/.pt (one entry per image)"
+            )
+    elif len(set(keys)) < len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise HypercolumnsError(
+            f"two images share the file stem {dup!r}, which keys their entries in "
+            f"{suffix}; rename one, or write .npy"
+        )
+    first = inputs[0][1]
+    found = list_layers(net, first.size)
+    chosen = select(found, layers_spec)
+    sample = _points(points, first.size)
+    channels = sum(_channels(layer) for layer in chosen)
+    item = 2 if dtype is DType.float16 else 4
+    per_pixel = channels * item
+    if isinstance(sample, int):
+        pixels = sample
+    elif sample is not None:
+        pixels = int(sample.shape[1])
+    else:
+        pixels = 0
+    estimate = sum(
+        per_pixel * (pixels or (out_size or prep.size)[0] * (out_size or prep.size)[1])
+        for _, prep in inputs
+    )
+    if estimate > limit:
+        raise HypercolumnsError(
+            f"the output would take about {estimate / 1e9:.2f} GB ({len(inputs)} image(s), "
+            f"{channels} channels, {item}-byte values), over --max-memory {max_memory}; use "
+            "--points, --dtype float16, fewer layers or a larger --max-memory"
+        )
+
+    torch_dtype = torch.float16 if dtype is DType.float16 else torch.float32
+    features: dict[str, torch.Tensor] = {}
+    coords: dict[str, torch.Tensor] = {}
+    result: Any = None
+    with _progress(len(inputs), "extracting") as bar:
+        task = bar.add_task("", total=len(inputs)) if bar is not None else None
+        for key, (x, _) in zip(keys, inputs, strict=True):
+            result = compute(
+                net, x, [layer.name for layer in chosen], points=sample, align=align.value,
+                size=out_size, dtype=torch_dtype, max_bytes=limit, seed=seed,
+            )  # fmt: skip
+            features[key] = result.features[0].to(torch_dtype)
+            if result.points is not None:
+                coords[key] = result.points[0]
+            if bar is not None:
+                bar.advance(task)
+    assert result is not None  # at least one image: typer requires IMAGE...
+    metadata: dict[str, Any] = {
+        "hypercolumns_version": __version__,
+        "model": model,
+        "model_kwargs": json.loads(model_kwargs) if model_kwargs else {},
+        "weights": str(weights) if weights else ("pretrained" if pretrained else None),
+        "layers": [layer.name for layer in result.layers],
+        "channels": {k: [s.start, s.stop] for k, s in result.slices.items()},
+        "geometry": [layer.to_dict() for layer in result.layers],
+        "layout": "(B, N, C)" if coords else "(B, C, H, W)",
+        "align": align.value,
+        "dtype": dtype.value,
+        "points": None if points is None else {"spec": points, "seed": seed},
+        "images": [
+            {"key": key, **prep.to_dict()} for key, (_, prep) in zip(keys, inputs, strict=True)
+        ],
+    }
+    if suffix == ".npy":
+        if coords:
+            metadata["points"]["coordinates"] = [coords[k].tolist() for k in keys]
+        stacked = torch.stack([features[k] for k in keys])
+        written = _output.write_npy(out, stacked, metadata)
+        shapes = {"all": list(stacked.shape)}
+    else:
+        written = _output.write_tensors(out, features, coords, metadata)
+        shapes = {k: list(v.shape) for k, v in features.items()}
+    if fmt is Format.json:
+        print(json.dumps({"written": [str(p) for p in written], "shapes": shapes,
+                          "channels": metadata["channels"]}))  # fmt: skip
+        return
+    for key, shape in shapes.items():
+        label = "" if key == "all" else f"{key}: "
+        stdout.print(f"{label}{'x'.join(map(str, shape))} ({dtype.value})", highlight=False)
+    stdout.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
+
+
+@app.command()
+def show(
+    model: ModelArg,
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file.", show_default=False)],
+    layer: Annotated[
+        str,
+        typer.Option(
+            "--layer",
+            "-l",
+            metavar="L",
+            help="Layer name or index; several (3,8) with --mean or --rf.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FIG",
+            help="Figure file: .png, .pdf or .svg.",
+            show_default=False,
+        ),
+    ],
+    channel: Annotated[
+        int | None, typer.Option("--channel", "-c", help="Channel to draw [default: 0].")
+    ] = None,
+    grid: Annotated[bool, typer.Option("--grid", help="Draw a grid of channels.")] = False,
+    n_channels: Annotated[
+        int, typer.Option("--channels", min=1, help="Channels in the --grid (the first N).")
+    ] = 16,
+    mean_hc: Annotated[
+        bool,
+        typer.Option(
+            "--mean",
+            help="Mean hypercolumn activation per pixel over the layers, beside the image.",
+        ),
+    ] = False,
+    rf: Annotated[
+        bool,
+        typer.Option(
+            "--rf", help="Receptive-field boxes of each layer's centre unit on the image."
+        ),
+    ] = False,
+    resize: Resize = None,
+    crop: Crop = None,
+    norm_mean: Annotated[
+        str | None,
+        typer.Option(
+            "--norm-mean", metavar="M[,M,M]", help="Normalisation mean (see extract --mean)."
+        ),
+    ] = None,
+    norm_std: Annotated[
+        str | None, typer.Option("--norm-std", metavar="S[,S,S]", help="Normalisation std.")
+    ] = None,
+    model_kwargs: ModelKwargs = None,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+) -> None:
+    """Draw what a layer sees: a feature map, a grid of channels, the mean hypercolumn
+    activation, or receptive fields on the image.
+
+    One figure per call, chosen by flag: one channel (default, --channel K), --grid,
+    --mean (over all --layer layers) or --rf. The image is preprocessed as for extract.
+
+    Example: hypercolumns show torchvision:vgg16 cat.jpg --layer 3,8 --mean --out mean.png
+    """
+    from hypercolumns import plot
+    from hypercolumns.images import load_image
+    from hypercolumns.layers import layers as list_layers
+    from hypercolumns.layers import select
+
+    modes = [name for name, on in (("--channel", channel is not None), ("--grid", grid),
+                                   ("--mean", mean_hc), ("--rf", rf)) if on]  # fmt: skip
+    if len(modes) > 1:
+        raise HypercolumnsError(f"choose one of {', '.join(modes)}: one figure per call")
+    if out.suffix.lower() not in plot.FORMATS:
+        raise HypercolumnsError(
+            f"cannot write a figure to {str(out)!r}: use a {', '.join(plot.FORMATS)} file name"
+        )
+    net = load(model, model_kwargs, weights, pretrained)
+    x, prep = load_image(
+        image, net, mean=_floats(norm_mean, "--norm-mean"), std=_floats(norm_std, "--norm-std"),
+        resize=resize, crop=crop,
+    )  # fmt: skip
+    picture = prep.unnormalize(x[0])
+    chosen = select(list_layers(net, prep.size), layer)
+    if (mean_hc or rf) is False and len(chosen) > 1:
+        raise HypercolumnsError(
+            f"--layer {layer!r} names {len(chosen)} layers; a feature map or --grid shows one "
+            "(several work with --mean and --rf)"
+        )
+    if rf:
+        fig = plot.receptive_fields(picture, chosen)
+    elif mean_hc:
+        from hypercolumns.hypercolumns import hypercolumns as compute
+
+        result = compute(net, x, [c.name for c in chosen])
+        fig = plot.mean_hypercolumn(result.features, picture, layers=chosen)
+    else:
+        from hypercolumns.features import feature_maps
+
+        target = chosen[0]
+        if target.is_global:
+            raise HypercolumnsError(
+                f"layer {target.name!r} is global (shape {target.shape}): it has no spatial map; "
+                "choose a spatial layer (see `hypercolumns layers`)"
+            )
+        maps = feature_maps(net, x, [target.name], as_maps=True)[target.name]
+        if grid:
+            fig = plot.channel_grid(maps, n_channels, layer=target)
+        else:
+            fig = plot.feature_map(maps, channel or 0, layer=target, image=picture)
+    plot.save(fig, out)
+    stdout.print(f"wrote {out}", highlight=False)
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", metavar="DIR", help="Folder for figures and summary.json."),
+    ] = Path("hypercolumns-demo"),
+    download: Annotated[
+        bool,
+        typer.Option(
+            "--download",
+            help="Try to download VGG-16 ImageNet weights when they are not cached (needs a "
+            "network; without it the demo uses random weights at once).",
+        ),
+    ] = False,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """The tour, offline: torchvision VGG-16 on a bundled public-domain photo (224x224).
+
+    Writes feature_map.png (a channel of layer 3), grid.png (16 channels of layer 3),
+    mean_hypercolumn.png (layers 3 and 8, 192 channels), receptive_fields.png (layers
+    3, 8, 15, 22, 29) and layer_summary.png, plus summary.json, and prints the layers.
+    Uses ImageNet weights when they are already in the torch hub cache, else random
+    weights (seeded) with a note.
+    """
+    from hypercolumns import demo as tour
+
+    summary = tour.run(out, download=download, note=lambda m: stderr.print(m, highlight=False))
+    if fmt is Format.json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"{summary['model']} on {summary['image']['path']} "
+                  f"({summary['weights']} weights)", header_style="bold")  # fmt: skip
+    for col in ("index", "name", "type", "shape", "rf", "stride", "centre"):
+        table.add_column(col, justify="left" if col in ("name", "type", "shape") else "right")
+    for rec in summary["layers"]:
+        table.add_row(
+            str(rec["index"]), rec["name"], rec["type"], "x".join(map(str, rec["shape"])),
+            _pair(rec["rf_size"]), _pair(rec["stride"]), _pair(rec["rf_center"]),
+        )  # fmt: skip
+    stdout.print(table)
+    hc = summary["hypercolumns"]
+    stdout.print(
+        f"hypercolumns of {', '.join(hc['layers'])}: {tuple(hc['shape'])}; "
+        f"figures and summary.json in {out} ({summary['seconds']:.1f} s)",
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Entry point: run the app; print library errors as one line and exit non-zero."""
     with warnings.catch_warnings():

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 __all__ = [
     "GeometryWarning",
     "HypercolumnsError",
+    "ImageError",
     "InputSizeError",
     "LayerNotFoundError",
     "ModelError",
@@ -19,6 +20,10 @@ __all__ = [
 class HypercolumnsError(Exception):
     """Base class: something the caller asked for cannot be done; the message says why and what
     to do instead. The command-line tool prints it as one line and exits non-zero."""
+
+
+class ImageError(HypercolumnsError):
+    """An image file cannot be read, or cannot be made into an input for the model."""
 
 
 class ModelError(HypercolumnsError):

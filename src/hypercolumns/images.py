@@ -1,0 +1,343 @@
+"""Read images from disk and turn them into normalised model inputs.
+
+Any format Pillow reads is accepted. Decoding rules, in order:
+
+* EXIF orientation is applied (``ImageOps.exif_transpose``): the tensor is upright.
+* Transparency (RGBA, LA, PA, palette images with a transparent colour) is **composited on
+  white**, so transparent pixels look like paper, not like black ink.
+* 16-bit images (``I;16`` and friends) are scaled by ``1/65535``, not clipped to 8 bits; 32-bit
+  integer images (``I``) are treated as 16-bit data when a value exceeds 255, else as 8-bit;
+  float images (``F``) are taken as ``[0, 1]`` when their maximum is at most 1, else ``/255``.
+* Channels follow the model's first convolution: 3 (grey images are replicated) or 1 (colour
+  images become luminance, ITU-R 601-2).
+
+Pixel values are in ``[0, 1]`` before normalisation ``(x - mean) / std``. The mean and std come
+from the model: timm models carry them in ``model.pretrained_cfg``; torchvision models get the
+ImageNet values that every torchvision classification weight uses (``0.485, 0.456, 0.406`` /
+``0.229, 0.224, 0.225``); other models get none (mean 0, std 1). ``mean``/``std`` override.
+
+Geometry: by default the image keeps its own size. ``resize="224"`` scales the shorter side to
+224 (aspect kept), ``resize="224,320"`` to exactly ``H, W``; ``crop="center:224"`` or
+``"center:H,W"`` then cuts the centre. Resizing is antialiased, with the model's interpolation
+(timm ``pretrained_cfg``; bilinear otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from hypercolumns.errors import ImageError, InputSizeError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Normalization",
+    "Preprocessing",
+    "load_image",
+    "model_normalization",
+    "read_image",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a model expects its input to be normalised.
+
+    Attributes:
+        mean: Per-channel mean subtracted from ``[0, 1]`` pixel values.
+        std: Per-channel divisor.
+        interpolation: Resampling filter for resizing: ``bilinear``, ``bicubic`` or ``nearest``.
+        source: Where the numbers come from: ``timm pretrained_cfg``, ``torchvision ImageNet
+            default``, ``none`` or ``user``.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    source: str = "none"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What was done to an image to make the model input (stored as metadata with features).
+
+    Attributes:
+        path: The image file.
+        mode: Pillow mode of the file (``RGB``, ``L``, ``I;16``, ``RGBA``, ``P``...).
+        original_size: ``(H, W)`` of the upright image, before resizing.
+        size: ``(H, W)`` of the model input.
+        channels: Channels of the model input.
+        exif_transposed: The file's EXIF orientation rotated or flipped the pixels.
+        alpha: ``composited on white`` when the file had transparency, else ``none``.
+        scale: Divisor that brought the pixel values to ``[0, 1]`` (255, 65535 or 1).
+        resize: The ``resize`` policy as given (``None``: the image's own size).
+        crop: The ``crop`` policy as given (``None``: no crop).
+        interpolation: Resampling filter used when resizing.
+        mean: Per-channel mean subtracted.
+        std: Per-channel divisor.
+        normalization: Where ``mean``/``std`` come from (see :class:`Normalization`).
+    """
+
+    path: str
+    mode: str
+    original_size: tuple[int, int]
+    size: tuple[int, int]
+    channels: int
+    exif_transposed: bool
+    alpha: str
+    scale: float
+    resize: str | None
+    crop: str | None
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    normalization: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation: ``(B, C, H, W)`` or ``(C, H, W)`` back to ``[0, 1]`` pixels."""
+        shape = (-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
+        return (x * std + mean).clamp(0, 1)
+
+
+def model_normalization(model: nn.Module | None) -> Normalization:
+    """The normalisation ``model`` was trained with (see the module docstring for the rules)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("mean") is not None and cfg.get("std") is not None:
+        interp = str(cfg.get("interpolation") or "bilinear")
+        return Normalization(
+            tuple(float(v) for v in cfg["mean"]),
+            tuple(float(v) for v in cfg["std"]),
+            interp if interp in _INTERPOLATIONS else "bilinear",
+            "timm pretrained_cfg",
+        )
+    if model is not None and type(model).__module__.startswith("torchvision."):
+        return Normalization(
+            IMAGENET_MEAN, IMAGENET_STD, "bilinear", "torchvision ImageNet default"
+        )
+    return Normalization((0.0,), (1.0,), "bilinear", "none")
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open an image file, fully decoded and upright (EXIF orientation applied).
+
+    Raises:
+        ImageError: The file is missing, not an image, or truncated; the message names it.
+    """
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[Image.Image, str, bool]:
+    """The upright decoded image, the file's mode, and whether EXIF orientation moved pixels."""
+    if not path.is_file():
+        raise ImageError(f"image {str(path)!r} does not exist or is not a file")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: truncated files fail here, not later
+            orientation = img.getexif().get(0x0112, 1)
+            upright = ImageOps.exif_transpose(img)
+            upright.load()
+            return upright, img.mode, orientation not in (1, None)
+    except UnidentifiedImageError as err:
+        raise ImageError(f"cannot read {str(path)!r}: not an image format Pillow knows") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ImageError(f"cannot read image {str(path)!r}: {reason}") from err
+
+
+def _pixels(img: Image.Image) -> tuple[np.ndarray[Any, np.dtype[np.float32]], float, bool]:
+    """``(H, W, C)`` float32 in ``[0, 1]`` with C 1 or 3, the scale used, and whether an alpha
+    channel was composited."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        raw = np.asarray(img, dtype=np.float64)
+        scale = 65535.0 if mode.startswith("I;16") or raw.max(initial=0) > 255 else 255.0
+        return (np.clip(raw / scale, 0, 1)[..., None]).astype(np.float32), scale, False
+    if mode == "F":
+        raw = np.asarray(img, dtype=np.float64)
+        scale = 1.0 if raw.max(initial=0) <= 1 else 255.0
+        return (np.clip(raw / scale, 0, 1)[..., None]).astype(np.float32), scale, False
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba).convert("RGB")
+        if mode in ("LA", "La") or (mode == "L"):
+            img = img.convert("L")
+    elif mode in ("1", "L"):
+        img = img.convert("L")
+    elif mode != "RGB":
+        img = img.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV...
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return arr, 255.0, has_alpha
+
+
+def _to_channels(arr: np.ndarray[Any, np.dtype[np.float32]], channels: int) -> torch.Tensor:
+    """``(H, W, C)`` pixels as a ``(1, channels, H, W)`` tensor."""
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.expand(1, 3, *x.shape[2:]).contiguous()
+    weights = torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True)
+
+
+def _size_spec(text: str, what: str) -> list[int]:
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) < 1:
+        raise InputSizeError(f"{what} must be S or H,W with positive integers, got {text!r}")
+    return parts
+
+
+def _resize(x: torch.Tensor, spec: str, interpolation: str) -> torch.Tensor:
+    parts = _size_spec(spec, "resize")
+    h, w = x.shape[-2:]
+    if len(parts) == 1:
+        short = parts[0]
+        if h <= w:
+            size = (short, max(1, round(w * short / h)))
+        else:
+            size = (max(1, round(h * short / w)), short)
+    else:
+        size = (parts[0], parts[1])
+    if size == (h, w):
+        return x
+    if interpolation == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    out = F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True)
+    return out.clamp(0, 1)
+
+
+def _crop(x: torch.Tensor, spec: str) -> torch.Tensor:
+    kind, sep, rest = spec.partition(":")
+    if kind != "center" or not sep:
+        raise InputSizeError(f"crop must be 'center:S', 'center:H,W' or 'none', got {spec!r}")
+    parts = _size_spec(rest, "crop")
+    ch, cw = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    h, w = x.shape[-2:]
+    if ch > h or cw > w:
+        raise InputSizeError(
+            f"crop {ch}x{cw} is larger than the image ({h}x{w}); resize first (--resize) "
+            "or crop less"
+        )
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top : top + ch, left : left + cw]
+
+
+def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
+    vals = tuple(float(v) for v in values)
+    if len(vals) == channels:
+        return vals
+    if len(vals) == 1:
+        return vals * channels
+    if len(vals) == 3 and channels == 1:
+        return (sum(vals) / 3,)
+    raise ImageError(f"{what} has {len(vals)} values but the model takes {channels} channels")
+
+
+def load_image(
+    path: str | Path,
+    model: nn.Module | None = None,
+    *,
+    channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    resize: str | int | None = None,
+    crop: str | None = None,
+    interpolation: str | None = None,
+) -> tuple[torch.Tensor, Preprocessing]:
+    """Read an image file as a normalised model input.
+
+    Args:
+        path: Any image file Pillow reads.
+        model: The model the input is for: gives the channels and the normalisation.
+        channels: Input channels (1 or 3); by default those of the model's first convolution,
+            or 3 without a model.
+        mean: Per-channel mean (one value or one per channel) overriding the model's.
+        std: Per-channel std overriding the model's.
+        resize: ``None`` (keep the size), ``"S"`` (shorter side to S, aspect kept) or ``"H,W"``.
+        crop: ``None``/``"none"`` or ``"center:S"``/``"center:H,W"``, applied after ``resize``.
+        interpolation: ``bilinear``, ``bicubic`` or ``nearest``; by default the model's.
+
+    Returns:
+        The ``(1, C, H, W)`` float32 input and a record of what was done.
+
+    Raises:
+        ImageError: The file cannot be read, or mean/std do not fit the channels.
+        InputSizeError: A malformed resize or crop, or a crop larger than the image.
+    """
+    from hypercolumns.layers import first_conv_channels
+
+    if channels is None:
+        channels = first_conv_channels(model) if model is not None else 3
+    if channels not in (1, 3):
+        raise ImageError(
+            f"the model takes {channels} input channels; images give 1 (grey) or 3 (RGB)"
+        )
+    norm = model_normalization(model)
+    interp = interpolation or norm.interpolation
+    if interp not in _INTERPOLATIONS:
+        raise ImageError(
+            f"interpolation must be one of {', '.join(_INTERPOLATIONS)}, got {interp!r}"
+        )
+    source = "user" if mean is not None or std is not None else norm.source
+    mean_c = _per_channel(norm.mean if mean is None else mean, channels, "mean")
+    std_c = _per_channel(norm.std if std is None else std, channels, "std")
+    if any(s == 0 or not math.isfinite(s) for s in std_c):
+        raise ImageError(f"std must be finite and non-zero, got {list(std_c)}")
+
+    img, mode, exif_transposed = _read(Path(path))
+    arr, scale, composited = _pixels(img)
+    x = _to_channels(arr, channels)
+    original = (int(x.shape[2]), int(x.shape[3]))
+    resize_s = None if resize is None else str(resize)
+    crop_s = None if crop is None or crop == "none" else crop
+    if resize_s is not None:
+        x = _resize(x, resize_s, interp)
+    if crop_s is not None:
+        x = _crop(x, crop_s)
+    x = (x - torch.tensor(mean_c).reshape(1, -1, 1, 1)) / torch.tensor(std_c).reshape(1, -1, 1, 1)
+    record = Preprocessing(
+        path=str(path),
+        mode=mode,
+        original_size=original,
+        size=(int(x.shape[2]), int(x.shape[3])),
+        channels=channels,
+        exif_transposed=exif_transposed,
+        alpha="composited on white" if composited else "none",
+        scale=scale,
+        resize=resize_s,
+        crop=crop_s,
+        interpolation=interp,
+        mean=mean_c,
+        std=std_c,
+        normalization=source,
+    )
+    return x.float().contiguous(), record

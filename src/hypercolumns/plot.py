@@ -1,0 +1,325 @@
+"""Figures: feature maps, channel grids, mean hypercolumn activation, receptive fields.
+
+Every function returns a :class:`matplotlib.figure.Figure` built directly (no ``pyplot``, so
+no global figure state and no GUI backend); :func:`save` writes it as PNG, PDF or SVG by the
+file extension. Titles name the layer and its shape; maps have colorbars; layouts are
+constrained so nothing overlaps.
+
+Images are ``(C, H, W)`` (or ``(1, C, H, W)``, ``(H, W)``) tensors or arrays with values in
+``[0, 1]``, e.g. ``Preprocessing.unnormalize(x)`` of :func:`hypercolumns.images.load_image`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from hypercolumns.errors import HypercolumnsError
+from hypercolumns.layers import Layer
+
+__all__ = [
+    "FORMATS",
+    "channel_grid",
+    "feature_map",
+    "layer_summary",
+    "mean_hypercolumn",
+    "receptive_fields",
+    "save",
+]
+
+FORMATS = (".png", ".pdf", ".svg")
+_CMAP = "viridis"
+Array = np.ndarray[Any, np.dtype[np.float64]]
+
+
+def _array(t: torch.Tensor | np.ndarray[Any, Any]) -> Array:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().float().cpu().numpy()
+    return np.asarray(t, dtype=np.float64)
+
+
+def _maps(maps: torch.Tensor | np.ndarray[Any, Any]) -> Array:
+    """``(C, H, W)`` from ``(C, H, W)`` or ``(1, C, H, W)``."""
+    arr = _array(maps)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise HypercolumnsError(
+            f"expected feature maps of shape (C, H, W) or (1, C, H, W), got {tuple(arr.shape)}; "
+            "a global layer (shape (C,)) has no spatial map to draw"
+        )
+    return arr
+
+
+def _image(image: torch.Tensor | np.ndarray[Any, Any]) -> Array:
+    """``(H, W)`` or ``(H, W, 3)`` in ``[0, 1]`` for ``imshow``."""
+    arr = _array(image)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)
+    elif arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] in (1, 3):
+        arr = arr.transpose(1, 2, 0)  # (C, H, W) wins when ambiguous: the library's layout
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3):
+        raise HypercolumnsError(f"expected an image (C, H, W) or (H, W), got {tuple(arr.shape)}")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _name(layer: Layer | str | None) -> str:
+    if layer is None:
+        return "feature maps"
+    return layer if isinstance(layer, str) else layer.name
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "\u00d7".join(str(int(s)) for s in shape)
+
+
+def _show_image(ax: Any, img: Array, title: str) -> None:
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="none")
+    ax.set_title(title)
+    ax.set_xlabel("x (input pixels)")
+    ax.set_ylabel("y (input pixels)")
+
+
+def feature_map(
+    maps: torch.Tensor | np.ndarray[Any, Any],
+    channel: int = 0,
+    *,
+    layer: Layer | str | None = None,
+    image: torch.Tensor | np.ndarray[Any, Any] | None = None,
+) -> Figure:
+    """One channel of a layer's feature maps, with a colorbar.
+
+    Args:
+        maps: ``(C, H, W)`` or ``(1, C, H, W)`` activations of one layer.
+        channel: Channel to draw (negative counts from the end).
+        layer: The layer (or its name) for the title.
+        image: The input image, drawn beside the map when given.
+    """
+    arr = _maps(maps)
+    c = arr.shape[0]
+    if not -c <= channel < c:
+        raise HypercolumnsError(
+            f"channel {channel} is out of range: {_name(layer)} has {c} channels (0..{c - 1})"
+        )
+    channel %= c
+    fig = Figure(figsize=(9.5 if image is not None else 5.2, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2 if image is not None else 1, squeeze=False)[0]
+    if image is not None:
+        img = _image(image)
+        _show_image(axes[0], img, f"input {_shape(img.shape[:2])}")
+    ax = axes[-1]
+    im = ax.imshow(arr[channel], cmap=_CMAP, interpolation="nearest")
+    ax.set_title(f"{_name(layer)}, channel {channel}\nmaps {_shape(arr.shape)}")
+    ax.set_xlabel("x (units)")
+    ax.set_ylabel("y (units)")
+    fig.colorbar(im, ax=ax, shrink=0.85, label="activation")
+    return fig
+
+
+def channel_grid(
+    maps: torch.Tensor | np.ndarray[Any, Any],
+    channels: int | Sequence[int] = 16,
+    *,
+    layer: Layer | str | None = None,
+    cols: int | None = None,
+) -> Figure:
+    """A grid of channels on one shared colour scale, with one colorbar.
+
+    Args:
+        maps: ``(C, H, W)`` or ``(1, C, H, W)`` activations of one layer.
+        channels: How many channels to draw from the first, or which ones.
+        layer: The layer (or its name) for the title.
+        cols: Columns of the grid; by default about the square root of the count.
+    """
+    arr = _maps(maps)
+    c = arr.shape[0]
+    chosen = list(range(min(int(channels), c))) if isinstance(channels, int) else list(channels)
+    bad = [k for k in chosen if not 0 <= k < c]
+    if not chosen or bad:
+        raise HypercolumnsError(
+            f"channels {bad or chosen} are not valid for {_name(layer)} with {c} channels"
+        )
+    n = len(chosen)
+    ncols = cols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    shown = arr[chosen]
+    vmin, vmax = float(np.percentile(shown, 1)), float(np.percentile(shown, 99))
+    if vmax <= vmin:
+        vmin, vmax = float(shown.min()), float(shown.max()) + 1e-12
+    fig = Figure(figsize=(1.7 * ncols + 1.2, 1.7 * nrows + 0.8), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    im = None
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= n:
+            ax.set_axis_off()
+            continue
+        im = ax.imshow(shown[k], cmap=_CMAP, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"ch {chosen[k]}", fontsize=8)
+    fig.suptitle(f"{_name(layer)}: {n} of {c} channels, maps {_shape(arr.shape)}")
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="activation (1st-99th percentile)")
+    return fig
+
+
+def mean_hypercolumn(
+    features: torch.Tensor | np.ndarray[Any, Any],
+    image: torch.Tensor | np.ndarray[Any, Any] | None = None,
+    *,
+    layers: Sequence[Layer | str] = (),
+) -> Figure:
+    """The mean hypercolumn activation per pixel, beside the image.
+
+    Args:
+        features: Dense hypercolumns ``(C, H, W)`` or ``(1, C, H, W)``.
+        image: The input image, drawn on the left when given.
+        layers: The layers the hypercolumns stack, for the title.
+    """
+    arr = _maps(features)
+    mean = arr.mean(axis=0)
+    fig = Figure(figsize=(9.5 if image is not None else 5.2, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2 if image is not None else 1, squeeze=False)[0]
+    if image is not None:
+        img = _image(image)
+        _show_image(axes[0], img, f"input {_shape(img.shape[:2])}")
+    names = ", ".join(_name(layer) for layer in layers) or "all layers"
+    ax = axes[-1]
+    im = ax.imshow(mean, cmap=_CMAP, interpolation="nearest")
+    ax.set_title(f"mean hypercolumn activation\n{names}; hypercolumns {_shape(arr.shape)}")
+    ax.set_xlabel("x (input pixels)")
+    ax.set_ylabel("y (input pixels)")
+    fig.colorbar(im, ax=ax, shrink=0.85, label=f"mean over {arr.shape[0]} channels")
+    return fig
+
+
+def _center_unit(layer: Layer) -> tuple[int, int]:
+    if len(layer.shape) >= 3 and layer.layout is not None:
+        h, w = layer.layout.grid
+    elif len(layer.shape) >= 3:
+        h, w = layer.shape[-2], layer.shape[-1]
+    else:
+        return (0, 0)
+    return ((h - 1) // 2, (w - 1) // 2)
+
+
+def receptive_fields(
+    image: torch.Tensor | np.ndarray[Any, Any],
+    layers: Sequence[Layer],
+    *,
+    units: Sequence[tuple[int, int]] | None = None,
+) -> Figure:
+    """Receptive-field boxes of one unit per layer, drawn on the image.
+
+    Args:
+        image: The input image.
+        layers: Layers with known receptive fields (from :func:`hypercolumns.layers.layers`
+            on this image size).
+        units: The ``(i, j)`` unit of each layer; by default the unit nearest the map centre.
+            Boxes (:meth:`ReceptiveField.unit_box`) may reach past the image: padding.
+    """
+    img = _image(image)
+    height, width = img.shape[:2]
+    if units is not None and len(units) != len(layers):
+        raise HypercolumnsError(f"got {len(units)} units for {len(layers)} layers")
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.subplots()
+    _show_image(ax, img, f"theoretical receptive fields on the {height}\u00d7{width} input")
+    colors = [f"C{k % 10}" for k in range(len(layers))]
+    lo_y, lo_x, hi_y, hi_x = -0.5, -0.5, height - 0.5, width - 0.5
+    for k, layer in enumerate(layers):
+        rf = layer.rf
+        if rf is None:
+            raise HypercolumnsError(f"layer {layer.name!r} has an unknown receptive field")
+        i, j = units[k] if units is not None else _center_unit(layer)
+        y0, x0, y1, x1 = rf.unit_box(i, j)
+        cy, cx = rf.unit_center(i, j) if not rf.is_global else ((y0 + y1) / 2, (x0 + x1) / 2)
+        label = f"{layer.name} unit ({i},{j}): rf {_shape(rf.size)}, stride " + (
+            "-" if rf.is_global else ",".join(f"{s:g}" for s in rf.stride)
+        )
+        ax.add_patch(
+            Rectangle(
+                (x0 - 0.5, y0 - 0.5),
+                x1 - x0 + 1,
+                y1 - y0 + 1,
+                fill=False,
+                lw=1.8,
+                edgecolor=colors[k],
+                label=label,
+            )
+        )
+        ax.plot([cx], [cy], marker="+", color=colors[k], markersize=9)
+        lo_y, lo_x = min(lo_y, y0 - 0.5), min(lo_x, x0 - 0.5)
+        hi_y, hi_x = max(hi_y, y1 + 0.5), max(hi_x, x1 + 0.5)
+    pad = 0.02 * max(hi_y - lo_y, hi_x - lo_x)
+    ax.set_xlim(lo_x - pad, hi_x + pad)
+    ax.set_ylim(hi_y + pad, lo_y - pad)
+    if layers:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
+    return fig
+
+
+def layer_summary(layers: Sequence[Layer], *, title: str = "") -> Figure:
+    """Receptive-field size and stride of every spatial leaf layer, by layer index."""
+    spatial = [
+        layer
+        for layer in layers
+        if layer.index is not None and layer.rf is not None and not layer.rf.is_global
+    ]
+    if not spatial:
+        raise HypercolumnsError("no spatial layer with a known receptive field to summarise")
+    idx = [layer.index for layer in spatial]
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
+    ax_rf, ax_s = fig.subplots(1, 2)
+    for ax, values, label in (
+        (ax_rf, [layer.rf.size for layer in spatial if layer.rf], "receptive field (pixels)"),
+        (ax_s, [layer.rf.stride for layer in spatial if layer.rf], "stride (pixels)"),
+    ):
+        ax.step(idx, [v[0] for v in values], where="post", label="y")
+        ax.step(idx, [v[1] for v in values], where="post", label="x", linestyle="--")
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("layer index")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"receptive field and stride of {len(spatial)} spatial layers")
+    return fig
+
+
+def save(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
+    """Write ``fig`` to ``path`` (PNG, PDF or SVG by extension) atomically.
+
+    Raises:
+        HypercolumnsError: The extension is not one of :data:`FORMATS`.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise HypercolumnsError(
+            f"cannot write a figure to {str(path)!r}: use a {', '.join(FORMATS)} file name"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=suffix[1:], dpi=dpi)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from hypercolumns.errors import ImageError, InputSizeError
+from hypercolumns.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    load_image,
+    model_normalization,
+    read_image,
+)
+from tests.tiny_models import tiny
+
+
+def _save(tmp_path: Path, name: str, img: Image.Image, **kw: object) -> Path:
+    path = tmp_path / name
+    img.save(path, **kw)
+    return path
+
+
+def test_grayscale_is_replicated_to_three_channels(tmp_path: Path) -> None:
+    arr = (np.arange(12 * 10).reshape(12, 10) % 256).astype(np.uint8)
+    x, prep = load_image(_save(tmp_path, "g.png", Image.fromarray(arr, "L")))
+    assert x.shape == (1, 3, 12, 10)
+    assert x.dtype == torch.float32
+    expected = torch.from_numpy(arr / 255.0).float()
+    for c in range(3):
+        torch.testing.assert_close(x[0, c], expected)
+    assert (prep.mode, prep.scale, prep.normalization) == ("L", 255.0, "none")
+
+
+def test_one_channel_model_gets_luminance(tmp_path: Path) -> None:
+    img = Image.new("RGB", (4, 3), (255, 0, 0))
+    x, prep = load_image(_save(tmp_path, "red.png", img), tiny(in_chans=1))
+    assert x.shape == (1, 1, 3, 4)
+    assert prep.channels == 1
+    torch.testing.assert_close(x, torch.full_like(x, 0.299), atol=1e-6, rtol=0)
+
+
+def test_rgba_is_composited_on_white(tmp_path: Path) -> None:
+    a = np.zeros((8, 8, 4), np.uint8)
+    a[..., 0] = 255
+    a[4:, :, 3] = 255  # bottom half opaque red, top half transparent
+    x, prep = load_image(_save(tmp_path, "rgba.png", Image.fromarray(a, "RGBA")))
+    torch.testing.assert_close(x[0, :, 0, 0], torch.ones(3))
+    torch.testing.assert_close(x[0, :, 7, 0], torch.tensor([1.0, 0.0, 0.0]))
+    assert prep.alpha == "composited on white"
+
+
+def test_palette_with_transparency_is_composited(tmp_path: Path) -> None:
+    img = Image.new("P", (5, 5), 0)
+    img.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    img.putpixel((2, 2), 1)
+    path = _save(tmp_path, "p.png", img, transparency=0)
+    x, prep = load_image(path)
+    torch.testing.assert_close(x[0, :, 0, 0], torch.ones(3))  # transparent black -> white
+    torch.testing.assert_close(x[0, :, 2, 2], torch.tensor([0.0, 1.0, 0.0]))
+    assert prep.mode == "P"
+
+
+def test_palette_colours_are_kept(tmp_path: Path) -> None:
+    img = Image.new("RGB", (6, 4), (10, 20, 30)).quantize(4)
+    x, _ = load_image(_save(tmp_path, "q.png", img))
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([10, 20, 30]) / 255.0)
+
+
+def test_16_bit_is_scaled_not_clipped(tmp_path: Path) -> None:
+    arr = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    path = _save(tmp_path, "i16.png", Image.fromarray(arr))
+    assert Image.open(path).mode.startswith("I")
+    x, prep = load_image(path)
+    torch.testing.assert_close(x[0, 0, 0], torch.tensor([0.0, 32768 / 65535, 1.0]))
+    assert prep.scale == 65535.0
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (20, 10), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 10, 10))  # left half red
+    exif = img.getexif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    x, prep = load_image(_save(tmp_path, "rot.jpg", img, exif=exif, quality=95))
+    assert x.shape == (1, 3, 20, 10)  # upright: 20 high, 10 wide
+    assert prep.exif_transposed
+    assert prep.original_size == (20, 10)
+    top, bottom = x[0, :, 2, 5], x[0, :, 17, 5]
+    assert top[0] > 0.8 > top[2]  # the left half became the top
+    assert bottom[2] > 0.8 > bottom[0]
+
+
+def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    full = _save(tmp_path, "full.jpg", noise).read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(ImageError, match=r"cut\.jpg.*truncated"):
+        load_image(cut)
+
+
+def test_non_image_and_missing_files(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(ImageError, match=r"notes\.txt.*not an image"):
+        read_image(text)
+    with pytest.raises(ImageError, match=r"nope\.png.*does not exist"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_normalisation_comes_from_the_model(tmp_path: Path) -> None:
+    import torchvision
+
+    path = _save(tmp_path, "w.png", Image.new("RGB", (3, 3), (255, 255, 255)))
+    x, prep = load_image(path, torchvision.models.squeezenet1_1())
+    assert prep.normalization == "torchvision ImageNet default"
+    expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(x[0, :, 1, 1], expected)
+
+    net = tiny()
+    net.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
+                          "interpolation": "bicubic"}  # fmt: skip
+    assert model_normalization(net).source == "timm pretrained_cfg"
+    x, prep = load_image(path, net)
+    torch.testing.assert_close(x, torch.full_like(x, 2.0))
+    assert prep.interpolation == "bicubic"
+
+    x, prep = load_image(path, net, mean=[0.0], std=[0.5])
+    torch.testing.assert_close(x, torch.full_like(x, 2.0))
+    assert (prep.normalization, prep.mean) == ("user", (0.0, 0.0, 0.0))
+    with pytest.raises(ImageError, match="mean has 2 values but the model takes 3"):
+        load_image(path, net, mean=[0.1, 0.2])
+    with pytest.raises(ImageError, match="non-zero"):
+        load_image(path, net, std=[0.0])
+
+
+def test_unnormalize_round_trips(tmp_path: Path) -> None:
+    import torchvision
+
+    arr = np.random.default_rng(1).integers(0, 255, (6, 7, 3), dtype=np.uint8)
+    x, prep = load_image(
+        _save(tmp_path, "n.png", Image.fromarray(arr)), torchvision.models.squeezenet1_1()
+    )
+    torch.testing.assert_close(
+        prep.unnormalize(x[0]), torch.from_numpy(arr / 255.0).float().permute(2, 0, 1)
+    )
+
+
+def test_resize_and_crop(tmp_path: Path) -> None:
+    path = _save(tmp_path, "r.png", Image.new("RGB", (10, 12), (0, 128, 255)))
+    assert load_image(path)[0].shape[-2:] == (12, 10)  # default: own size
+    x, prep = load_image(path, resize="5")
+    assert x.shape[-2:] == (6, 5)
+    assert prep.resize == "5"
+    x, _ = load_image(path, resize="4,7")
+    assert x.shape[-2:] == (4, 7)
+    torch.testing.assert_close(x[0, :, 2, 3], torch.tensor([0, 128, 255]) / 255.0)
+    x, prep = load_image(path, resize="6", crop="center:4,5")
+    assert x.shape[-2:] == (4, 5)
+    assert prep.size == (4, 5)
+    assert prep.original_size == (12, 10)
+    x, _ = load_image(path, crop="center:8")
+    assert x.shape[-2:] == (8, 8)
+    with pytest.raises(InputSizeError, match=r"crop 20x20 is larger than the image \(12x10\)"):
+        load_image(path, crop="center:20")
+    with pytest.raises(InputSizeError, match="crop must be"):
+        load_image(path, crop="top:4")
+    with pytest.raises(InputSizeError, match="resize must be"):
+        load_image(path, resize="big")
+
+
+def test_unsupported_channel_count(tmp_path: Path) -> None:
+    path = _save(tmp_path, "c.png", Image.new("RGB", (4, 4)))
+    with pytest.raises(ImageError, match="takes 4 input channels"):
+        load_image(path, nn.Conv2d(4, 2, 1))
+
+
+def test_preprocessing_record_is_json_ready(tmp_path: Path) -> None:
+    path = _save(tmp_path, "j.png", Image.new("L", (4, 4)))
+    _, prep = load_image(path, resize="8")
+    record = json.loads(json.dumps(prep.to_dict()))
+    assert record["size"] == [8, 8]
+    assert record["mode"] == "L"
+    assert record["path"] == str(path)
