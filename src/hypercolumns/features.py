@@ -16,7 +16,7 @@ the class (and any register) tokens dropped. The class token itself is the pseud
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -56,17 +56,25 @@ def _class_token(base: Layer, input_size: tuple[int, int]) -> Layer:
         raise LayerNotFoundError(
             f"layer {base.name!r} has no class token: {CLS!r} needs a token output "
             f"(B, 1 + N, C) with a class token in front, as vision-transformer blocks have; "
-            f"{base.name!r} has output shape {base.shape}")
+            f"{base.name!r} has output shape {base.shape}"
+        )
     rest = [s for d, s in enumerate(base.shape, start=1) if d != layout.y]
     channels = 1
     for s in rest:
         channels *= s
-    return Layer(index=None, name=base.name + CLS, type=base.type, shape=(channels,),
-                 rf=ReceptiveField.whole(*input_size), layout=None)
+    return Layer(
+        index=None,
+        name=base.name + CLS,
+        type=base.type,
+        shape=(channels,),
+        rf=ReceptiveField.whole(*input_size),
+        layout=None,
+    )
 
 
-def resolve(available: Sequence[Layer], spec: LayerSpec,
-            input_size: tuple[int, int]) -> list[Layer]:
+def resolve(
+    available: Sequence[Layer], spec: LayerSpec, input_size: tuple[int, int]
+) -> list[Layer]:
     """The layers named by ``spec`` as :func:`~hypercolumns.layers.select` finds them, plus
     class-token pseudo-layers ``"NAME:cls"`` (``NAME`` may be any spec of one or more layers).
 
@@ -102,7 +110,7 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-class _ToMeta(TorchDispatchMode):
+class _ToMeta(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Runs every op on meta tensors (shapes and version counters only, no arithmetic)."""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -155,7 +163,7 @@ class FeatureExtractor:
         """Captured outputs that a later in-place op changes (found on meta tensors)."""
         shape = (1, self.in_channels, *self.input_size)
         try:
-            with _ToMeta():
+            with _ToMeta():  # type: ignore[no-untyped-call]
                 captured = self._run(torch.empty(shape, device="meta"), clone=set())
         except Exception:  # a model that needs real values: clone all but the last one
             return set(self._sources)
@@ -181,17 +189,20 @@ class FeatureExtractor:
 
             return hook
 
-        with _hooked(self._modules, make_hook), evaluating(self.model), torch.no_grad():
-            try:
-                self.model(x)
-            except _Stop:
-                pass
+        with (
+            _hooked(self._modules, make_hook),
+            evaluating(self.model),
+            torch.no_grad(),
+            suppress(_Stop),
+        ):
+            self.model(x)
         missing = [n for n in self._sources if n not in captured]
         if missing:
             raise ModelError(
                 f"layers {missing} did not produce a tensor when the model ran on a "
                 f"{tuple(x.shape)} input (they run on some inputs only?); choose layers that "
-                "`hypercolumns layers` lists for this input size")
+                "`hypercolumns layers` lists for this input size"
+            )
         return captured
 
     def check(self, x: torch.Tensor) -> None:
@@ -201,7 +212,8 @@ class FeatureExtractor:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise InputSizeError(
                 f"expected an image batch of shape (B, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}), got {got}; build the extractor for this input size")
+                f"{expected[2]}), got {got}; build the extractor for this input size"
+            )
 
     def __call__(self, x: torch.Tensor, *, as_maps: bool = False) -> dict[str, torch.Tensor]:
         """The requested layers' outputs for the batch ``x``.
@@ -241,12 +253,14 @@ class FeatureExtractor:
         raise HypercolumnsError(
             f"the geometry of layer {layer.name!r} is unknown (see the GeometryWarning of "
             "`hypercolumns layers`), so its output cannot be read as a map; use as_maps=False "
-            "for the raw output")
+            "for the raw output"
+        )
 
 
 @contextmanager
-def _hooked(modules: dict[str, nn.Module],
-            make_hook: Callable[[str], Callable[..., None]]) -> Iterator[None]:
+def _hooked(
+    modules: dict[str, nn.Module], make_hook: Callable[[str], Callable[..., None]]
+) -> Iterator[None]:
     handles = []
     try:
         for name, module in modules.items():
