@@ -129,6 +129,8 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def _gib(n: float) -> str:
+    if n < 2**20:
+        return f"{int(n)} bytes"
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
