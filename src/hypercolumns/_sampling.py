@@ -110,22 +110,26 @@ def _gather_axis(
 
 def sample_points(fmap: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of ``fmap`` ``(B, C, h, w)`` at unit coordinates ``uy``, ``ux``
-    ``(B, N)`` (clamped to the map): a ``(B, C, N)`` tensor."""
+    ``(B, N)`` (clamped to the map): a ``(B, C, N)`` tensor.
+
+    Per image, one ``index_select`` along each channel's contiguous row fetches the four
+    neighbours of every point, and three lerps combine them.
+    """
     bsz, channels, h, w = fmap.shape
+    n = uy.shape[1]
     uy = uy.clamp(0, h - 1)
     ux = ux.clamp(0, w - 1)
     y0 = uy.floor().clamp(max=max(h - 2, 0))
     x0 = ux.floor().clamp(max=max(w - 2, 0))
-    ty = (uy - y0).to(fmap.dtype).unsqueeze(1)
-    tx = (ux - x0).to(fmap.dtype).unsqueeze(1)
-    y0l, x0l = y0.long(), x0.long()
-    y1l, x1l = (y0l + 1).clamp(max=h - 1), (x0l + 1).clamp(max=w - 1)
-    flat = fmap.reshape(bsz, channels, h * w)
-
-    def take(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        index = (yi * w + xi).unsqueeze(1).expand(bsz, channels, yi.shape[1])
-        return flat.gather(2, index)
-
-    top = torch.lerp(take(y0l, x0l), take(y0l, x1l), tx)
-    bottom = torch.lerp(take(y1l, x0l), take(y1l, x1l), tx)
-    return torch.lerp(top, bottom, ty)
+    ty = (uy - y0).to(fmap.dtype)
+    tx = (ux - x0).to(fmap.dtype)
+    down, right = (w if h > 1 else 0), (1 if w > 1 else 0)
+    base = y0.long() * w + x0.long()
+    index = torch.cat((base, base + right, base + down, base + down + right), dim=1)
+    out = fmap.new_empty(bsz, channels, n)
+    for b in range(bsz):
+        near = fmap[b].reshape(channels, h * w).index_select(1, index[b]).view(channels, 4, n)
+        top = torch.lerp(near[:, 0], near[:, 1], tx[b])
+        bottom = torch.lerp(near[:, 2], near[:, 3], tx[b])
+        torch.lerp(top, bottom, ty[b], out=out[b])
+    return out
