@@ -20,6 +20,7 @@ import torch
 __all__ = ["AxisMap", "resample_axis", "sample_points"]
 
 _MAX_PHASES = 64
+_MATMUL_UNITS = 64
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,18 @@ def _gather_axis(
     )
 
 
-def sample_points(fmap: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of ``fmap`` ``(B, C, h, w)`` at unit coordinates ``uy``, ``ux``
-    ``(B, N)`` (clamped to the map): a ``(B, C, N)`` tensor.
+def sample_points(
+    fmap: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor, out: torch.Tensor
+) -> None:
+    """Write bilinear samples of ``fmap`` ``(B, C, h, w)`` at unit coordinates ``uy``, ``ux``
+    ``(B, N)`` (clamped to the map) into ``out`` ``(B, N, C)``, any strided view.
 
-    Per image, one ``index_select`` along each channel's contiguous row fetches the four
-    neighbours of every point, and three lerps combine them.
+    Per image, one ``index_select`` fetches the four neighbours of every point and three lerps
+    combine them. Maps with fewer units than points are first made channels-last, so that each
+    neighbour is one contiguous row and the lerps write ``out`` directly; larger maps are
+    gathered along each channel's contiguous row instead, and transposed into ``out``. Tiny
+    maps (deep layers: few units, many channels) are one matrix product with the ``(N, h*w)``
+    bilinear weights instead, which never materialises the four neighbours of every point.
     """
     bsz, channels, h, w = fmap.shape
     n = uy.shape[1]
@@ -126,10 +133,25 @@ def sample_points(fmap: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor) -> tor
     down, right = (w if h > 1 else 0), (1 if w > 1 else 0)
     base = y0.long() * w + x0.long()
     index = torch.cat((base, base + right, base + down, base + down + right), dim=1)
-    out = fmap.new_empty(bsz, channels, n)
+    if h * w <= _MATMUL_UNITS:
+        weights = torch.stack(((1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx), 1)
+        rows = torch.arange(n, device=fmap.device).repeat(4) * (h * w)
+        for b in range(bsz):
+            dense = fmap.new_zeros(n, h * w)
+            dense.view(-1).index_put_((rows + index[b],), weights[b].reshape(-1), accumulate=True)
+            torch.mm(dense, fmap[b].reshape(channels, h * w).T, out=out[b])
+        return
+    channels_last = h * w <= 4 * n
     for b in range(bsz):
-        near = fmap[b].reshape(channels, h * w).index_select(1, index[b]).view(channels, 4, n)
-        top = torch.lerp(near[:, 0], near[:, 1], tx[b])
-        bottom = torch.lerp(near[:, 2], near[:, 3], tx[b])
-        torch.lerp(top, bottom, ty[b], out=out[b])
-    return out
+        flat = fmap[b].reshape(channels, h * w)
+        if channels_last:
+            near = flat.T.contiguous().index_select(0, index[b]).view(4, n, channels)
+            wy, wx = ty[b, :, None], tx[b, :, None]
+            top = torch.lerp(near[0], near[1], wx)
+            bottom = torch.lerp(near[2], near[3], wx)
+            torch.lerp(top, bottom, wy, out=out[b])
+        else:
+            near = flat.index_select(1, index[b]).view(channels, 4, n)
+            top = torch.lerp(near[:, 0], near[:, 1], tx[b])
+            bottom = torch.lerp(near[:, 2], near[:, 3], tx[b])
+            out[b].copy_(torch.lerp(top, bottom, ty[b]).T)

@@ -463,7 +463,7 @@ class HypercolumnExtractor:
             (cy, sy), (cx, sx) = _fraction_axis(layer, 0), _fraction_axis(layer, 1)
             uy = (py - float(cy)) / float(sy)
             ux = (px - float(cx)) / float(sx)
-        target.copy_(sample_points(value, uy, ux).transpose(1, 2))
+        sample_points(value, uy, ux, target)
 
 
 def _sample(
