@@ -14,13 +14,25 @@ from hypercolumns.errors import (
     ModelError,
     WeightsError,
 )
+from hypercolumns.features import FeatureExtractor, feature_maps
 from hypercolumns.geometry import ReceptiveField
+from hypercolumns.hypercolumns import (
+    PCA,
+    HypercolumnExtractor,
+    Hypercolumns,
+    fit_pca,
+    hypercolumns,
+)
 from hypercolumns.images import Preprocessing, load_image
 from hypercolumns.layers import Layer, layers, select
 from hypercolumns.models import load_model
 
 __all__ = [
+    "PCA",
+    "FeatureExtractor",
     "GeometryWarning",
+    "HypercolumnExtractor",
+    "Hypercolumns",
     "HypercolumnsError",
     "ImageError",
     "InputSizeError",
@@ -31,6 +43,9 @@ __all__ = [
     "ReceptiveField",
     "WeightsError",
     "__version__",
+    "feature_maps",
+    "fit_pca",
+    "hypercolumns",
     "layers",
     "load_image",
     "load_model",

@@ -1,0 +1,222 @@
+"""Hypercolumn extraction, side by side on CPU: ours against what people write today.
+
+For each model (torchvision vgg16 layers [3, 8]; resnet50 layer1..layer4), one 224x224 image:
+
+* ``floor``: the truncated forward alone (the model prefix up to the last requested layer);
+* ``ours dense`` / ``ours sparse``: :class:`hypercolumns.HypercolumnExtractor` (planned once),
+  dense ``(1, C, 224, 224)`` and 1024 sampled pixels;
+* ``fx+interpolate``: torchvision ``create_feature_extractor`` + ``F.interpolate`` + ``torch.cat``;
+* ``blog``: forward hooks on the full model and a per-channel bilinear resize loop.
+
+Methods run interleaved, round after round, and each reports its median time and the ratio to
+the floor's median. Then peak memory, sparse (1024 points) against dense, for all 13 vgg16 conv
+layers (4224 channels): each measured in a fresh process by sampling resident memory
+(``/proc/self/statm``) every millisecond in a thread, minus the resident memory just before.
+
+Run: ``uv run python benchmarks/hypercolumns.py [--rounds 7] [--threads N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+
+def _library() -> ModuleType:
+    """The ``hypercolumns`` package, not this file (run as a script, it shadows the name)."""
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    return importlib.import_module("hypercolumns")
+
+
+hc = _library()
+
+SIZE = 224
+POINTS = 1024
+
+
+def blog_hypercolumns(model: nn.Module, x: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """The original blog post's recipe, in PyTorch: hooks, full forward, resize every channel."""
+    maps: dict[str, torch.Tensor] = {}
+    handles = [
+        model.get_submodule(n).register_forward_hook(
+            lambda m, a, o, n=n: maps.__setitem__(n, o.clone())
+        )
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    columns = []
+    for n in names:
+        fmap = maps[n][0]
+        for channel in fmap:
+            resized = F.interpolate(
+                channel[None, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False
+            )
+            columns.append(resized[0, 0])
+    return torch.stack(columns)
+
+
+def fx_hypercolumns(extractor: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a user writes today with torchvision's feature extraction."""
+    with torch.no_grad():
+        feats = extractor(x)
+    up = [
+        F.interpolate(f, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+        for f in feats.values()
+    ]
+    return torch.cat(up, dim=1)
+
+
+def prefix_of(name: str, model: nn.Module) -> nn.Module:
+    if name == "vgg16":
+        features = model.features  # type: ignore[union-attr]
+        return features[:9]  # type: ignore[index, no-any-return]
+    r = model
+    return nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4)  # type: ignore[arg-type]
+
+
+def bench_model(name: str, layers: list[str], rounds: int) -> dict[str, object]:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)().eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    prefix = prefix_of(name, model).eval()
+    ours = hc.HypercolumnExtractor(model, layers, SIZE)
+    fx = create_feature_extractor(model, {n: n for n in layers}).eval()
+
+    def floor() -> object:
+        with torch.no_grad():
+            return prefix(x)
+
+    methods: dict[str, Callable[[], object]] = {
+        "floor": floor,
+        "ours dense": lambda: ours(x),
+        f"ours sparse {POINTS}": lambda: ours(x, POINTS),
+        "fx+interpolate": lambda: fx_hypercolumns(fx, x),
+        "blog": lambda: blog_hypercolumns(model, x, layers),
+    }
+    # the same numbers, checked once
+    dense = ours(x).features
+    ref = fx_hypercolumns(fx, x)
+    same = bool(torch.allclose(dense, ref, atol=1e-4)) if name == "vgg16" else None
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for fn in methods.values():  # warm-up
+        fn()
+    for _ in range(rounds):
+        for key, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    start = time.perf_counter()
+    hc.hypercolumns(model, x, layers)
+    one_shot = time.perf_counter() - start
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "model": name,
+        "layers": layers,
+        "channels": ours.channels,
+        "median_s": med,
+        "ratio_to_floor": {k: v / med["floor"] for k, v in med.items()},
+        "one_shot_s": one_shot,
+        "dense_equals_fx_interpolate": same,
+    }
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak(points: int | None, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16().eval()
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    ours = hc.HypercolumnExtractor(model, convs, SIZE)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    base = _rss()
+    peak = base
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    result = ours(x, points)
+    done.set()
+    thread.join()
+    peak = max(peak, _rss())
+    out_bytes = result.features.numel() * result.features.element_size()
+    queue.put({"channels": ours.channels, "peak_bytes": peak - base, "output_bytes": out_bytes})
+
+
+def peak_memory() -> dict[str, object]:
+    ctx = mp.get_context("spawn")
+    out: dict[str, object] = {}
+    for label, points in (("dense", None), (f"sparse {POINTS}", POINTS)):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_peak, args=(points, queue))
+        proc.start()
+        out[label] = queue.get()
+        proc.join()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = [
+        bench_model("vgg16", ["features.3", "features.8"], args.rounds),
+        bench_model("resnet50", ["layer1", "layer2", "layer3", "layer4"], args.rounds),
+    ]
+    memory = peak_memory()
+    if args.json:
+        print(json.dumps({"speed": results, "memory": memory}, indent=2, default=str))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds")
+    for r in results:
+        print(f"\n{r['model']} {r['layers']} -> {r['channels']} channels, 1x3x{SIZE}x{SIZE}")
+        med: dict[str, float] = r["median_s"]  # type: ignore[assignment]
+        ratio: dict[str, float] = r["ratio_to_floor"]  # type: ignore[assignment]
+        for key in med:
+            print(f"  {key:<18} {med[key] * 1000:9.1f} ms  {ratio[key]:6.2f}x floor")
+        print(f"  one-shot hc.hypercolumns (plans each call): {r['one_shot_s'] * 1000:.0f} ms")
+    print("\nvgg16, all 13 conv layers, peak resident memory above the baseline:")
+    for label, m in memory.items():
+        info: dict[str, int] = m  # type: ignore[assignment]
+        print(
+            f"  {label:<12} {info['peak_bytes'] / 2**20:8.1f} MiB "
+            f"(output {info['output_bytes'] / 2**20:.1f} MiB, {info['channels']} channels)"
+        )
+
+
+if __name__ == "__main__":
+    main()
