@@ -84,7 +84,6 @@ def test_layers_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert records[-1]["global"] is True
 
 
-@pytest.mark.usefixtures("library")
 def test_extract_npy_dense_with_sidecar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     img = image(tmp_path)
     out = tmp_path / "out" / "feats.npy"
@@ -108,7 +107,6 @@ def test_extract_npy_dense_with_sidecar(tmp_path: Path, capsys: pytest.CaptureFi
     assert np.ptp(arr[0, 10:], axis=(1, 2)).max() == 0
 
 
-@pytest.mark.usefixtures("library")
 def test_extract_several_images_stacked_float16(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -122,7 +120,6 @@ def test_extract_several_images_stacked_float16(
     assert arr.dtype == np.float16
 
 
-@pytest.mark.usefixtures("library")
 def test_extract_sparse_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     img = str(image(tmp_path))
     out = tmp_path / "p.npy"
@@ -143,7 +140,6 @@ def test_extract_sparse_points(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert meta["points"]["coordinates"] == [[[0, 0], [15, 11], [7, 3]]]
 
 
-@pytest.mark.usefixtures("library")
 def test_extract_safetensors_and_pt_one_entry_per_image(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -170,7 +166,6 @@ def test_extract_safetensors_and_pt_one_entry_per_image(
     assert data["metadata"]["channels"] == {"4": [0, 6]}
 
 
-@pytest.mark.usefixtures("library")
 @pytest.mark.parametrize(
     ("case", "match"),
     [
@@ -231,7 +226,6 @@ def test_extract_errors_leave_nothing(
     assert not (out.parent.exists() and list(out.parent.iterdir()))
 
 
-@pytest.mark.usefixtures("library")
 def test_show_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     img = str(image(tmp_path, size=(32, 32)))
     cases = {
@@ -248,7 +242,6 @@ def test_show_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert pixels.std() > 10
 
 
-@pytest.mark.usefixtures("library")
 @pytest.mark.parametrize(
     ("flags", "match"),
     [
@@ -269,7 +262,6 @@ def test_show_errors(
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("library")
 def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     code, stdout, err = run(["demo", "--out", str(out)], capsys)

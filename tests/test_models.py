@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 import hypercolumns as hc
 from hypercolumns.errors import ModelError, WeightsError
 
-TINY = str(Path(__file__).parent / "assets" / "tiny_model.py")
+TINY = str(Path(__file__).parent / "tiny_models.py")
 
 
 def test_timm_and_torchvision_specs_with_kwargs() -> None:
@@ -23,8 +23,8 @@ def test_timm_and_torchvision_specs_with_kwargs() -> None:
 
 
 def test_file_and_module_specs() -> None:
-    model = hc.load_model(f"{TINY}:tiny", channels=2)
-    assert model[0].out_channels == 2
+    model = hc.load_model(f"{TINY}:tiny", classes=5)
+    assert model[-1].out_features == 5
     model = hc.load_model("torchvision.models:alexnet", num_classes=4)
     assert model.classifier[-1].out_features == 4
 
