@@ -26,7 +26,14 @@ from torch.utils._pytree import tree_map
 
 from hypercolumns.errors import HypercolumnsError, InputSizeError, LayerNotFoundError, ModelError
 from hypercolumns.geometry import ReceptiveField
-from hypercolumns.layers import Layer, LayerSpec, first_conv_channels, parse_size, select
+from hypercolumns.layers import (
+    Layer,
+    LayerSpec,
+    first_conv_channels,
+    parse_size,
+    select,
+    spec_items,
+)
 from hypercolumns.layers import layers as list_layers
 from hypercolumns.trace import evaluating
 
@@ -38,16 +45,6 @@ CLS = ":cls"
 
 class _Stop(Exception):  # noqa: N818 - control flow, never seen by callers
     """Raised by a hook once every requested module has run: ends the forward pass early."""
-
-
-def _items(spec: LayerSpec) -> list[str | int]:
-    items: list[str | int] = []
-    for item in [spec] if isinstance(spec, str | int) else list(spec):
-        if isinstance(item, str):
-            items.extend(p.strip() for p in item.split(",") if p.strip())
-        else:
-            items.append(item)
-    return items
 
 
 def _class_token(base: Layer, input_size: tuple[int, int]) -> Layer:
@@ -82,7 +79,7 @@ def resolve(
         LayerNotFoundError: A name matches nothing, a layer is given twice, or ``":cls"`` is
             asked of a layer without a class token.
     """
-    items = _items(spec)
+    items = spec_items(spec)
     if not items:
         raise LayerNotFoundError("no layers given: name at least one (see `hypercolumns layers`)")
     chosen: list[Layer] = []

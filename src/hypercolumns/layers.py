@@ -203,6 +203,17 @@ def layers(
     return out
 
 
+def spec_items(spec: LayerSpec) -> list[str | int]:
+    """The items of a layer spec: ``"3,8"`` and ``[3, "features.8"]`` both give two."""
+    items: list[str | int] = []
+    for item in [spec] if isinstance(spec, str | int) else list(spec):
+        if isinstance(item, str):
+            items.extend(p.strip() for p in item.split(",") if p.strip())
+        else:
+            items.append(item)
+    return items
+
+
 def select(available: Sequence[Layer], spec: LayerSpec) -> list[Layer]:
     """The layers named by ``spec``, in the order given.
 
@@ -216,12 +227,7 @@ def select(available: Sequence[Layer], spec: LayerSpec) -> list[Layer]:
         LayerNotFoundError: A name, index or pattern matches nothing; the message lists the
             closest names. A layer given twice is also an error.
     """
-    items: list[str | int] = []
-    for item in [spec] if isinstance(spec, str | int) else list(spec):
-        if isinstance(item, str):
-            items.extend(p.strip() for p in item.split(",") if p.strip())
-        else:
-            items.append(item)
+    items = spec_items(spec)
     if not items:
         raise LayerNotFoundError("no layers given: name at least one (see `hypercolumns layers`)")
     by_name = {layer.name: layer for layer in available}
