@@ -6,11 +6,14 @@ import warnings
 from collections.abc import Callable
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 import hypercolumns as hc
+from hypercolumns import trace
 from hypercolumns.errors import GeometryWarning, InputSizeError, ModelError
 
 
@@ -381,3 +384,36 @@ def test_text_model_is_refused() -> None:
         hc.layers(model, 16)
     with pytest.raises(ModelError, match=r"in module '0' \(Embedding\)"):
         hc.layers(model, 16, in_channels=3)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: torchvision.models.resnet18(),
+        lambda: torchvision.models.googlenet(init_weights=False, aux_logits=False),
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 4, (3, 5), (2, 1), (1, 2), dilation=(1, 2)),
+            nn.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True),
+            nn.AvgPool2d((2, 3), (3, 1), (1, 0), ceil_mode=True),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm2d(4),
+            nn.Conv2d(4, 4, 3, padding="same"),
+        ),
+    ],
+)
+@pytest.mark.parametrize("size", [(31, 37), (64, 64)])
+def test_fast_module_forwards_agree_with_dispatch(
+    build: Callable[[], nn.Module], size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build()
+    fast = [layer.to_dict() for layer in hc.layers(model, size)]
+    monkeypatch.setattr(trace, "_fast_forward", lambda module, tracer: None)
+    assert [layer.to_dict() for layer in hc.layers(model, size)] == fast
+
+
+def test_fast_linear_and_norms_agree_with_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = timm.create_model("convnext_atto")  # NHWC linear layers, layer norms
+    fast = [layer.to_dict() for layer in hc.layers(model, 96)]
+    monkeypatch.setattr(trace, "_fast_forward", lambda module, tracer: None)
+    assert [layer.to_dict() for layer in hc.layers(model, 96)] == fast
+    assert hc.layers(TinyViT(), 32)[-1].is_global
