@@ -136,6 +136,15 @@ class _Call:
         value = self.args.get(name)
         return self.tracer.states.get(value) if isinstance(value, torch.Tensor) else None
 
+    @property
+    def source(self) -> State:
+        """State of the op's main tensor argument (``self`` or ``input``): rules for ops whose
+        output derives from that tensor only run when it has one."""
+        st = self.state("self" if "self" in self.args else "input")
+        if st is None:
+            raise _OpError("has a constant main input but image-derived other inputs")
+        return st
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.args[name].shape)
 
@@ -203,8 +212,7 @@ def _spatial_tail(call: _Call, n: int) -> list[int]:
 
 
 def _rule_conv(call: _Call) -> State:
-    st = call.state("input")
-    assert st is not None
+    st = call.source
     if call.state("weight") is not None or any(d.spatial for d in st.dims[:2]):
         return _flat(call.out_shape, is_global=True)
     n = len(call.shape("input")) - 2
@@ -219,8 +227,7 @@ def _rule_conv(call: _Call) -> State:
 
 def _pool_rule(n: int) -> _Rule:
     def rule(call: _Call) -> State:
-        st = call.state("self")
-        assert st is not None
+        st = call.source
         k = _ints(call.args["kernel_size"], n)
         s = _ints(call.args.get("stride"), n) or k
         p = _ints(call.args.get("padding", 0), n)
@@ -237,8 +244,7 @@ def _pool_rule(n: int) -> _Rule:
 
 def _adaptive_rule(n: int) -> _Rule:
     def rule(call: _Call) -> State:
-        st = call.state("self")
-        assert st is not None
+        st = call.source
         axes = _spatial_tail(call, n)
         shape_in = call.shape("self")
         if all(call.out_shape[d] == 1 for d in axes) and any(st.dims[d].spatial for d in axes):
@@ -252,8 +258,7 @@ def _adaptive_rule(n: int) -> _Rule:
 
 def _upsample_rule(mode: str, n: int) -> _Rule:
     def rule(call: _Call) -> State:
-        st = call.state("input") if "input" in call.args else call.state("self")
-        assert st is not None
+        st = call.source
         name = "input" if "input" in call.args else "self"
         axes = _spatial_tail(call, n)
         shape_in = call.shape(name)
@@ -287,8 +292,7 @@ def _upsample_rule(mode: str, n: int) -> _Rule:
 
 def _rule_pixel_shuffle(inverse: bool) -> _Rule:
     def rule(call: _Call) -> State:
-        st = call.state("self")
-        assert st is not None
+        st = call.source
         r = int(call.args["downscale_factor" if inverse else "upscale_factor"])
         axes = _spatial_tail(call, 2)
         st = replace(st, dims=(*st.dims[:-3], _plain(call.out_shape[-3]), *st.dims[-2:]))
@@ -300,8 +304,7 @@ def _rule_pixel_shuffle(inverse: bool) -> _Rule:
 
 
 def _rule_pad(call: _Call) -> State:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     pad = _ints(call.args.get("pad", call.args.get("padding")), 1)
     n = len(pad) // 2
     rank = len(call.shape("self"))
@@ -314,8 +317,7 @@ def _norm_dim(d: int, rank: int) -> int:
 
 
 def _rule_slice(call: _Call) -> State | None:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     shape = call.shape("self")
     d = _norm_dim(int(call.args["dim"]), len(shape))
     size = shape[d]
@@ -323,8 +325,8 @@ def _rule_slice(call: _Call) -> State | None:
     start = max(0, min(size, start + size if start < 0 else start))
     step = int(call.args.get("step") or 1)
     dim = st.dims[d]
-    if st.is_global or not dim.spatial:
-        return _mapped(st, call.out_shape, [d], lambda i, a, _: a) if not dim.spatial else None
+    if not dim.spatial:
+        return _mapped(st, call.out_shape, [d], lambda i, a, _: a)
     if dim.prefix:
         n_out = call.out_shape[d]
         if start == dim.prefix and step == 1 and n_out == size - dim.prefix:
@@ -336,8 +338,7 @@ def _rule_slice(call: _Call) -> State | None:
 
 
 def _rule_select(call: _Call) -> State | None:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     shape = call.shape("self")
     d = _norm_dim(int(call.args["dim"]), len(shape))
     dim = st.dims[d]
@@ -443,16 +444,14 @@ def _reduce(
 
 
 def _rule_reduce(call: _Call) -> State:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     dims_arg = call.args.get("dim")
     return _reduce(st, call.shape("self"), dims_arg, bool(call.args.get("keepdim")), call.out_shape)
 
 
 def _rule_along(call: _Call) -> State:
     """Shape-preserving ops that mix values along ``dim`` (softmax, cumsum, sort)."""
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     d = _norm_dim(int(call.args["dim"]), len(call.shape("self")))
     if st.dims[d].spatial:
         return replace(st, mixed=True)
@@ -483,15 +482,13 @@ def _matmul_rule(names: tuple[str, str], batched: bool) -> _Rule:
 
 
 def _rule_permute(call: _Call) -> State:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     order = [_norm_dim(int(x), len(st.dims)) for x in call.args["dims"]]
     return replace(st, dims=tuple(st.dims[i] for i in order))
 
 
 def _rule_transpose(call: _Call) -> State:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     rank = len(st.dims)
     if rank < 2:
         return st
@@ -503,15 +500,13 @@ def _rule_transpose(call: _Call) -> State:
 
 
 def _rule_unsqueeze(call: _Call) -> State:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     d = _norm_dim(int(call.args["dim"]), len(st.dims) + 1)
     return replace(st, dims=(*st.dims[:d], _plain(1), *st.dims[d:]))
 
 
 def _rule_expand(call: _Call) -> State:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     out = call.out_shape
     lead = len(out) - len(st.dims)
     dims = [_plain(int(s)) for s in out[:lead]]
@@ -523,8 +518,7 @@ def _rule_expand(call: _Call) -> State:
 
 def _rule_view(call: _Call) -> State:
     """Reshape: regroup the factors of the input dimensions into the output dimensions."""
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     out = [int(s) for s in call.out_shape]
     if st.is_global:
         return _flat(out, is_global=True)
@@ -574,8 +568,7 @@ def _rule_view(call: _Call) -> State:
 
 
 def _rule_split(call: _Call) -> list[State]:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     shape = call.shape("self")
     d = _norm_dim(int(call.args.get("dim") or 0), len(shape))
     outs: list[torch.Tensor] = list(call.out)
@@ -598,8 +591,7 @@ def _shifter(first: int) -> Callable[[int, g.Axis, int], g.Axis]:
 
 
 def _rule_unbind(call: _Call) -> list[State]:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     d = _norm_dim(int(call.args.get("dim") or 0), len(st.dims))
     if st.dims[d].spatial and not st.is_global:
         raise _OpError("unbinds a spatial axis")
@@ -607,8 +599,7 @@ def _rule_unbind(call: _Call) -> list[State]:
 
 
 def _rule_roll(call: _Call) -> State:
-    st = call.state("self")
-    assert st is not None
+    st = call.source
     rank = len(st.dims)
     shifts = _ints(call.args["shifts"], 1)
     dims = [_norm_dim(x, rank) for x in _ints(call.args.get("dims"), 1)]
