@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import timm
 import torch
 import torchvision
 
-import hypercolumns as hc
+# benchmarks/hypercolumns.py would shadow the package when this runs as a script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import hypercolumns as hc  # noqa: E402
 
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "resnet50": lambda: torchvision.models.resnet50(),
