@@ -51,7 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from hypercolumns.errors import GeometryWarning, HypercolumnsError, LayerNotFoundError, closest
-from hypercolumns.geometry import Axis, ReceptiveField
+from hypercolumns.geometry import Axis
 from hypercolumns.layers import Layer, MapLayout, layers, parse_size
 
 __all__ = [
@@ -889,35 +889,6 @@ def _nonstandard(layout: MapLayout | None) -> MapLayout | None:
     return layout
 
 
-@dataclass(frozen=True)
-class _AxisPlan:
-    length: int
-    first: int | None  # first unit measured (None: the middle one)
-    period: int  # units measured: first .. first + period
-
-
-def _plan(axis: Axis | None, nominal: int, step: int, margin: int, grow: int) -> _AxisPlan:
-    """The smallest ``nominal + m*step`` input length whose middle units are well inside."""
-    if axis is None:
-        return _AxisPlan(nominal + grow * step * max(1, nominal // step), None, 1)
-    period = axis.period
-    m = grow
-    while True:
-        length = nominal + m * step
-        if length > _MAX_SIDE:
-            raise MeasurementError(
-                f"receptive field too large to measure within {_MAX_SIDE} pixels"
-            )
-        mid = Fraction(length - 1, 2)
-        first = math.floor((mid - axis.center) / axis.stride - Fraction(period, 2))
-        if first >= 0:
-            lo = axis.edges(first)[0]
-            hi = max(axis.edges(first + k)[1] for k in range(period + 1))
-            if lo >= margin and hi <= length - 1 - margin:
-                return _AxisPlan(length, first, period)
-        m += 1
-
-
 def _thin(nominal: int, step: int, minimum: int) -> int:
     """The smallest ``nominal - k*step`` that is at least ``minimum`` (else ``nominal``)."""
     if nominal <= minimum:
@@ -928,6 +899,8 @@ def _thin(nominal: int, step: int, minimum: int) -> int:
 def _summarise(
     boxes: Sequence[Box], first: int, period: int, axis: int
 ) -> tuple[int, Fraction, Fraction]:
+    """Size, stride and centre of unit 0 along ``axis`` from the boxes of units
+    ``first .. first + period``."""
     lo, hi = (0, 2) if axis == 0 else (1, 3)
     size = max(b[hi] - b[lo] + 1 for b in boxes)
     mids = [Fraction(b[lo] + b[hi], 2) for b in boxes]
@@ -941,31 +914,129 @@ def _clipped(boxes: Sequence[Box], size: tuple[int, int], axis: int) -> bool:
     return any(b[lo] <= 0 or b[hi] >= size[axis] - 1 for b in boxes)
 
 
-class _Measurer:
-    """Measures unit boxes of one layer on inputs of several sizes (layouts cached)."""
+def _geometry(layer: Layer) -> tuple[Axis | None, Axis | None]:
+    rf = layer.rf
+    if rf is None or rf.is_global or rf.axes is None:
+        return (None, None)
+    return rf.axes
+
+
+def _grid(layer: Layer) -> tuple[int, int]:
+    if layer.layout is not None:
+        return layer.layout.grid
+    return (int(layer.shape[-2]), int(layer.shape[-1]))
+
+
+class _Session:
+    """One layer of one model: the analysis on each input size (cached) and the probe."""
 
     def __init__(
-        self, model: nn.Module, name: str, in_channels: int, nominal: Layer, unused: Sequence[str]
+        self, model: nn.Module, name: str, nominal: tuple[int, int], in_channels: int
     ) -> None:
         self.model, self.name, self.in_channels = model, name, in_channels
-        self.nchw = _nonstandard(nominal.layout) is None
+        self.input_size = nominal
+        self.nominal, unused = _analyse(model, nominal, name, in_channels)
         self.probe = _Probe(model, name, in_channels, unused)
-        self.layouts: dict[tuple[int, int], MapLayout | None] = {}
+        self._analyses: dict[tuple[int, int], Layer | Exception] = {nominal: self.nominal}
 
-    def __call__(
-        self, size: tuple[int, int], count: int, choose: _Chooser
-    ) -> tuple[list[tuple[int, int]], list[Box]]:
-        if size not in self.layouts:
-            self.layouts[size] = (
-                None
-                if self.nchw
-                else _nonstandard(_analyse(self.model, size, self.name, self.in_channels)[0].layout)
-            )
-        units, found = self.probe.boxes(size, count, choose, self.layouts[size])
+    def analysis(self, size: tuple[int, int]) -> Layer:
+        """The analysed layer on a ``size`` input (raises what the analysis raised)."""
+        if size not in self._analyses:
+            try:
+                self._analyses[size] = _analyse(self.model, size, self.name, self.in_channels)[0]
+            except Exception as err:
+                self._analyses[size] = err
+        found = self._analyses[size]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def boxes(self, size: tuple[int, int], units: Sequence[tuple[int, int]]) -> list[Box]:
+        layout = _nonstandard(self.analysis(size).layout)
+        chosen = list(units)
+        _, found = self.probe.boxes(size, len(chosen), lambda h, w: chosen, layout)
         boxes = [b for b in found if b is not None]
         if len(boxes) != len(found):
-            raise MeasurementError(f"no input pixel reaches units {units} of layer {self.name!r}")
-        return units, boxes
+            raise MeasurementError(f"no input pixel reaches units {chosen} of layer {self.name!r}")
+        return boxes
+
+
+def _pick(layer: Layer, size: tuple[int, int], axis: int, margin: int) -> tuple[int, int] | None:
+    """The first unit and the period to measure along ``axis``: units nearest the middle whose
+    analytic boxes keep ``margin`` pixels from the border (None when none do)."""
+    n = _grid(layer)[axis]
+    geometry = _geometry(layer)[axis]
+    if geometry is None:  # no analysis to go by: the middle unit, and check the result
+        return ((n - 1) // 2, 1) if n >= 2 else None
+    period, length = geometry.period, size[axis]
+    guess = math.floor(
+        (Fraction(length - 1, 2) - geometry.center) / geometry.stride - Fraction(period, 2)
+    )
+    for first in sorted(range(max(0, n - period)), key=lambda i: abs(i - guess)):
+        edges = [geometry.edges(first + k) for k in range(period + 1)]
+        if min(e[0] for e in edges) >= margin and max(e[1] for e in edges) <= length - 1 - margin:
+            return first, period
+    return None
+
+
+def _measure_axis(
+    session: _Session, axis: int, step: int, margin: int, kinds: list[int]
+) -> tuple[tuple[int, int], list[int], list[Box], int]:
+    """Measure units along ``axis`` on inputs that grow until their boxes are not clipped.
+
+    Returns the input size, the units measured, their boxes and the period. ``kinds[0]`` is
+    the kind of input shape to start from (0: thin across the axis, 1: nominal across, 2:
+    square); it is advanced when the model refuses a kind, for the next axis too.
+    """
+    base, other = session.input_size, 1 - axis
+    geometry = _geometry(session.nominal)
+    g_other, g = geometry[other], geometry[axis]
+    stride_other = float(g_other.stride) if g_other is not None else 32.0
+    across = (_thin(base[other], step, max(32, math.ceil(stride_other))), base[other])
+    m = 0
+    if g is not None:  # skip the sizes that the nominal geometry rules out
+        span = g.size + (g.period + 2) * float(g.stride) + 2 * margin
+        m = max(0, math.ceil((span - base[axis]) / step))
+    while True:
+        length = base[axis] + m * step
+        if length > _MAX_SIDE:
+            raise MeasurementError(
+                f"cannot measure layer {session.name!r} along {'yx'[axis]}: its receptive "
+                f"field is cut by the border of every input up to {_MAX_SIDE} pixels long"
+            )
+        error: Exception | None = None
+        for kind in range(kinds[0], 3):
+            size = (length, across[kind]) if kind < 2 else (length, length)
+            size = size if axis == 0 else (size[1], size[0])
+            if size[0] * size[1] > _MAX_AREA:
+                continue
+            try:
+                layer = session.analysis(size)
+                picked = _pick(layer, size, axis, margin)
+                if picked is None:  # too small for this layer: a longer input
+                    m += 1
+                    break
+                first, period = picked
+                middle = _grid(layer)[other] // 2
+                units = [
+                    (first + k, middle) if axis == 0 else (middle, first + k)
+                    for k in range(period + 1)
+                ]
+                boxes = session.boxes(size, units)
+            except Exception as err:  # the model does not take this shape: try the next kind
+                error = err
+                continue
+            kinds[0] = kind
+            if _clipped(boxes, size, axis):  # the analysis was wrong; a larger input will tell
+                m = max(m + 1, math.ceil((1.5 * length - base[axis]) / step))
+                break
+            return size, [u[axis] for u in units], boxes, period
+        else:
+            raise MeasurementError(
+                f"cannot measure layer {session.name!r} along {'yx'[axis]}: the model fails on "
+                f"every input shape tried with side {length}"
+                + (f" (the last error: {type(error).__name__}: {error})" if error else "")
+            ) from error
 
 
 def gradient_rf(
@@ -986,8 +1057,10 @@ def gradient_rf(
     ``input_size`` in steps of a multiple of the layer's stride (so "same" padding keeps its
     offsets) until no measured unit touches the image border; the y axis is measured on a
     tall, narrow input and the x axis on a wide, short one when the model accepts them (a
-    square input otherwise). With ``unit``, units ``unit`` .. ``unit + period`` are measured
-    on ``input_size`` itself.
+    square input otherwise). Layers whose geometry depends on the input size (adaptive
+    pooling to a fixed size, resizing to a fixed size) are measured on those sizes:
+    ``measured_at`` says which. With ``unit``, units ``unit`` .. ``unit + period`` are
+    measured on ``input_size`` itself.
 
     Args:
         model: The model (left unchanged).
@@ -1001,31 +1074,23 @@ def gradient_rf(
 
     Raises:
         LayerNotFoundError: No module of that name.
-        MeasurementError: A unit's receptive field is cut by the border (with ``unit``, or
-            beyond the largest input tried), or no input pixel reaches the unit.
+        MeasurementError: A unit's receptive field is cut by the border (with ``unit``, or on
+            every input tried), or no input pixel reaches the unit.
     """
     name = layer.name if isinstance(layer, Layer) else layer
     nominal = parse_size(input_size)
-    analytic, unused = _analyse(model, nominal, name, in_channels)
-    rf = analytic.rf
-    axes: tuple[Axis | None, Axis | None] = (None, None)
-    if rf is not None and rf.axes is not None and not rf.is_global:
-        axes = rf.axes
-    periods = [a.period if a is not None else 1 for a in axes]
-    measure = _Measurer(model, name, in_channels, analytic, unused)
-
+    session = _Session(model, name, nominal, in_channels)
     if unit is not None:
+        periods = [g.period if g is not None else 1 for g in _geometry(session.nominal)]
         span = max(periods)
-        units, boxes = measure(
-            nominal, span + 1, lambda h, w: [(unit[0] + k, unit[1] + k) for k in range(span + 1)]
-        )
-        for axis in (0, 1):
-            if _clipped(boxes, nominal, axis):
-                raise MeasurementError(
-                    f"the receptive field of unit {unit} of layer {name!r} is cut by the border "
-                    f"of a {nominal[0]}x{nominal[1]} input: use a larger input or a unit nearer "
-                    "the middle"
-                )
+        units = [(unit[0] + k, unit[1] + k) for k in range(span + 1)]
+        boxes = session.boxes(nominal, units)
+        if _clipped(boxes, nominal, 0) or _clipped(boxes, nominal, 1):
+            raise MeasurementError(
+                f"the receptive field of unit {unit} of layer {name!r} is cut by the border "
+                f"of a {nominal[0]}x{nominal[1]} input: use a larger input or a unit nearer "
+                "the middle"
+            )
         ys = _summarise(boxes[: periods[0] + 1], unit[0], periods[0], 0)
         xs = _summarise(boxes[: periods[1] + 1], unit[1], periods[1], 1)
         return GradientRF(
@@ -1034,31 +1099,20 @@ def gradient_rf(
             (float(ys[2]), float(xs[2])),
             (nominal, nominal),
             (
-                tuple(unit[0] + k for k in range(periods[0] + 1)),
-                tuple(unit[1] + k for k in range(periods[1] + 1)),
+                tuple(u[0] for u in units[: periods[0] + 1]),
+                tuple(u[1] for u in units[: periods[1] + 1]),
             ),
         )
-
-    strides = [float(a.stride) if a is not None else 32.0 for a in axes]
+    strides = [float(g.stride) for g in _geometry(session.nominal) if g is not None] or [32.0]
     step = max(64, 2 ** math.ceil(math.log2(max(2.0, 2 * max(strides)))))
     margin = max(2, math.ceil(max(strides)))
-    results: list[tuple[int, Fraction, Fraction]] = []
-    sizes: list[tuple[int, int]] = []
-    measured: list[tuple[int, ...]] = []
-    shapes = _Shapes()
+    kinds = [0]
+    results, sizes, measured = [], [], []
     for axis in (0, 1):
-        other = 1 - axis
-        grow = 0
-        while True:
-            plan = _plan(axes[axis], nominal[axis], step, margin, grow)
-            thin = _thin(nominal[other], step, max(32, math.ceil(strides[other])))
-            size, units, boxes = shapes.measure(measure, plan, axis, (thin, nominal[other]))
-            if not _clipped(boxes, size, axis):
-                break
-            grow = max(grow + 1, math.ceil((1.5 * plan.length - nominal[axis]) / step))
-        results.append(_summarise(boxes, units[0][axis], plan.period, axis))
+        size, units_along, boxes, period = _measure_axis(session, axis, step, margin, kinds)
+        results.append(_summarise(boxes, units_along[0], period, axis))
         sizes.append(size)
-        measured.append(tuple(u[axis] for u in units))
+        measured.append(tuple(units_along))
     (ry, sy, cy), (rx, sx, cx) = results
     return GradientRF(
         (ry, rx),
@@ -1069,61 +1123,24 @@ def gradient_rf(
     )
 
 
-class _Shapes:
-    """Input shapes to measure one axis on: thin across it, then nominal, then square.
+def rf_mismatches(
+    model: nn.Module, layer: str | Layer, measured: GradientRF, *, in_channels: int = 3
+) -> list[str]:
+    """How the analysis differs from a gradient measurement (empty when they agree exactly).
 
-    Once a model refuses a kind of shape (it raises), later measurements skip it.
+    Each axis is compared with :func:`hypercolumns.layers.layers` run on the input size that
+    axis was measured on (``measured.measured_at``): size, stride and centre of unit 0.
     """
-
-    def __init__(self) -> None:
-        self.kind = 0
-
-    def measure(
-        self, measure: _Measurer, plan: _AxisPlan, axis: int, across: tuple[int, int]
-    ) -> tuple[tuple[int, int], list[tuple[int, int]], list[Box]]:
-        if plan.length > _MAX_SIDE:
-            raise MeasurementError(
-                f"the receptive field of layer {measure.name!r} does not fit in an input of "
-                f"side {_MAX_SIDE}"
-            )
-
-        def choose(h: int, w: int) -> list[tuple[int, int]]:
-            n, width = (h, w) if axis == 0 else (w, h)
-            first = plan.first if plan.first is not None else max(0, (n - 1) // 2)
-            pairs = [(first + k, width // 2) for k in range(plan.period + 1)]
-            return pairs if axis == 0 else [(j, i) for i, j in pairs]
-
-        side = max(plan.length, across[1])
-        candidates = [(plan.length, across[0]), (plan.length, across[1]), (side, side)]
-        error: Exception | None = None
-        for kind in range(self.kind, 3):
-            size = candidates[kind] if axis == 0 else candidates[kind][::-1]
-            if size[0] * size[1] > _MAX_AREA:
-                break
-            try:
-                units, boxes = measure(size, plan.period + 1, choose)
-            except Exception as err:  # the model does not take this shape: try the next
-                error = err
-                continue
-            self.kind = kind
-            return size, units, boxes
-        raise MeasurementError(
-            f"cannot measure layer {measure.name!r} along {'yx'[axis]}: the model fails on "
-            f"every input tried (the last error: {type(error).__name__}: {error})"
-        ) from error
-
-
-def rf_mismatches(analytic: ReceptiveField | None, measured: GradientRF) -> list[str]:
-    """How an analytic receptive field differs from a measured one (empty when they agree).
-
-    Compares size, stride and centre of each axis exactly.
-    """
-    if analytic is None:
-        return ["the analysis gives no receptive field"]
+    name = layer.name if isinstance(layer, Layer) else layer
     out = []
-    for what in ("size", "stride", "center"):
-        a, m = getattr(analytic, what), getattr(measured, what)
-        for k, axis in enumerate("yx"):
-            if float(a[k]) != float(m[k]):
-                out.append(f"{what}[{axis}]: analysis {a[k]:g}, gradient {m[k]:g}")
+    for k, axis in enumerate("yx"):
+        analytic = _analyse(model, measured.measured_at[k], name, in_channels)[0].rf
+        where = "x".join(str(s) for s in measured.measured_at[k])
+        if analytic is None:
+            out.append(f"{axis}: the analysis gives no receptive field on a {where} input")
+            continue
+        for what in ("size", "stride", "center"):
+            a, m = getattr(analytic, what)[k], getattr(measured, what)[k]
+            if float(a) != float(m):
+                out.append(f"{what}[{axis}] on {where}: analysis {a:g}, gradient {m:g}")
     return out
