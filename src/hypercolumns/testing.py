@@ -992,7 +992,7 @@ def _measure_axis(
     geometry = _geometry(session.nominal)
     g_other, g = geometry[other], geometry[axis]
     stride_other = float(g_other.stride) if g_other is not None else 32.0
-    across = (_thin(base[other], step, max(32, math.ceil(stride_other))), base[other])
+    across = (_thin(base[other], step, max(64, 2 * math.ceil(stride_other))), base[other])
     m = 0
     if g is not None:  # skip the sizes that the nominal geometry rules out
         span = g.size + (g.period + 2) * float(g.stride) + 2 * margin
