@@ -407,11 +407,23 @@ def test_measurement_can_disagree() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3))
     measured = gradient_rf(model, "1", 32)
     assert (measured.size, measured.stride, measured.center) == ((7, 7), (2.0, 2.0), (2.0, 2.0))
-    wrong = GradientRF((7, 9), (2.0, 2.0), (2.0, 2.5), measured.measured_at, measured.units)
-    messages = rf_mismatches(model, "1", wrong)
-    assert len(messages) == 2
-    assert messages[0] == "size[x] on 32x32: analysis 7, gradient 9"
-    assert messages[1] == "center[x] on 32x32: analysis 2, gradient 2.5"
+    assert rf_mismatches(model, "1", measured) == []
+    (ys, xs), i = measured.extents, measured.units[0][0]
+    assert ys[0] == (2 * i - 1, 2 * i + 5)
+    shifted = ((ys[0][0], ys[0][1] + 1), *ys[1:])
+    wrong = GradientRF(
+        (7, 9), (2.0, 2.0), (2.0, 2.5), measured.measured_at, measured.units, (shifted, xs)
+    )
+    assert rf_mismatches(model, "1", wrong) == [
+        f"unit {i} along y on {_at(wrong, 0)}: analysis {2 * i - 1}..{2 * i + 5}, "
+        f"gradient {2 * i - 1}..{2 * i + 6}",
+        f"size[x] on {_at(wrong, 1)}: analysis 7, gradient 9",
+        f"center[x] on {_at(wrong, 1)}: analysis 2, gradient 2.5",
+    ]
+
+
+def _at(measured: GradientRF, axis: int) -> str:
+    return "x".join(str(s) for s in measured.measured_at[axis])
 
 
 def test_given_unit_is_measured_on_the_input_size() -> None:

@@ -83,6 +83,7 @@ class GradientRF:
             ``index * stride``; averaged over the units of one period).
         measured_at: Input ``(H, W)`` used to measure the y axis, and the one for the x axis.
         units: The unit indices measured along y, and along x.
+        extents: For each measured unit, its first and last input pixel along y, and along x.
     """
 
     size: tuple[int, int]
@@ -90,6 +91,7 @@ class GradientRF:
     center: tuple[float, float]
     measured_at: tuple[tuple[int, int], tuple[int, int]]
     units: tuple[tuple[int, ...], tuple[int, ...]]
+    extents: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = ((), ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1102,17 +1104,22 @@ def gradient_rf(
                 tuple(u[0] for u in units[: periods[0] + 1]),
                 tuple(u[1] for u in units[: periods[1] + 1]),
             ),
+            (
+                tuple((b[0], b[2]) for b in boxes[: periods[0] + 1]),
+                tuple((b[1], b[3]) for b in boxes[: periods[1] + 1]),
+            ),
         )
     strides = [float(g.stride) for g in _geometry(session.nominal) if g is not None] or [32.0]
     step = max(64, 2 ** math.ceil(math.log2(max(2.0, 2 * max(strides)))))
     margin = max(2, math.ceil(max(strides)))
     kinds = [0]
-    results, sizes, measured = [], [], []
+    results, sizes, measured, extents = [], [], [], []
     for axis in (0, 1):
         size, units_along, boxes, period = _measure_axis(session, axis, step, margin, kinds)
         results.append(_summarise(boxes, units_along[0], period, axis))
         sizes.append(size)
         measured.append(tuple(units_along))
+        extents.append(tuple((b[axis], b[axis + 2]) for b in boxes))
     (ry, sy, cy), (rx, sx, cx) = results
     return GradientRF(
         (ry, rx),
@@ -1120,6 +1127,7 @@ def gradient_rf(
         (float(cy), float(cx)),
         (sizes[0], sizes[1]),
         (measured[0], measured[1]),
+        (extents[0], extents[1]),
     )
 
 
@@ -1129,18 +1137,31 @@ def rf_mismatches(
     """How the analysis differs from a gradient measurement (empty when they agree exactly).
 
     Each axis is compared with :func:`hypercolumns.layers.layers` run on the input size that
-    axis was measured on (``measured.measured_at``): size, stride and centre of unit 0.
+    axis was measured on (``measured.measured_at``): the size, the stride, the exact extent of
+    every measured unit, and the centre of unit 0 where the analysis says units are centred
+    in their extent (``uniform``). Elsewhere (units that differ, paths that meet misaligned)
+    the analysis places a unit at its sampling position, which need not be the middle of its
+    extent; the extents pin the geometry down instead.
     """
     name = layer.name if isinstance(layer, Layer) else layer
     out = []
     for k, axis in enumerate("yx"):
-        analytic = _analyse(model, measured.measured_at[k], name, in_channels)[0].rf
+        found = _analyse(model, measured.measured_at[k], name, in_channels)[0]
         where = "x".join(str(s) for s in measured.measured_at[k])
-        if analytic is None:
-            out.append(f"{axis}: the analysis gives no receptive field on a {where} input")
+        geometry = _geometry(found)[k]
+        if found.rf is None or geometry is None:
+            out.append(f"{axis}: the analysis gives no local receptive field on a {where} input")
             continue
-        for what in ("size", "stride", "center"):
-            a, m = getattr(analytic, what)[k], getattr(measured, what)[k]
+        checks = ["size", "stride", "center"] if geometry.uniform else ["size", "stride"]
+        for what in checks:
+            a, m = getattr(found.rf, what)[k], getattr(measured, what)[k]
             if float(a) != float(m):
                 out.append(f"{what}[{axis}] on {where}: analysis {a:g}, gradient {m:g}")
+        for i, (first, last) in zip(measured.units[k], measured.extents[k], strict=False):
+            lo, hi = geometry.edges(i)
+            if (lo, hi) != (Fraction(first), Fraction(last)):
+                out.append(
+                    f"unit {i} along {axis} on {where}: analysis {float(lo):g}..{float(hi):g}, "
+                    f"gradient {first}..{last}"
+                )
     return out
