@@ -122,12 +122,6 @@ def test_known_receptive_fields(key: str, name: str) -> None:
     assert (rf.size, rf.stride, rf.center) == _both(*KNOWN[key, name])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="analysis bug: a Linear on a channels-last map whose width is 1 (as in timm's "
-    "ConvNeXt on inputs narrower than 64) makes the map global: the linear's reshape merges "
-    "the size-1 x factor into the channel dim, and a matmul over it reads as global",
-)
 def test_linear_on_a_one_pixel_wide_map() -> None:
     class ChannelsLastMlp(nn.Module):
         def __init__(self) -> None:
@@ -138,12 +132,14 @@ def test_linear_on_a_one_pixel_wide_map() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
+    # A 3x3 conv then a per-pixel linear: 3x3, also on a map one pixel wide (the gradient
+    # harness needs a neighbouring unit on each axis, so it cannot measure this one).
     model = ChannelsLastMlp()
-    measured = gradient_rf(model, "fc", (16, 1), unit=(7, 0))
-    assert measured.size == (3, 3)
-    layer = _layer(model, "fc", (16, 1))
-    assert layer.rf is not None
-    assert layer.rf.size == (3, 3)
+    for size in ((16, 1), (16, 16)):
+        layer = _layer(model, "fc", size)
+        assert layer.rf is not None
+        assert not layer.rf.is_global
+        assert (layer.rf.size, layer.rf.stride) == ((3, 3), (1.0, 1.0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -532,7 +532,7 @@ def _rule_view(call: _Call) -> State:
             pieces.extend(Dim((f,)) for f in dim.factors if f.size != 1 or f.axis)
     dims: list[Dim] = []
     i = 0
-    for size in out:
+    for k, size in enumerate(out):
         if size == 1 and not (i < len(pieces) and pieces[i].size == 1):
             dims.append(_plain(1))
             continue
@@ -554,6 +554,12 @@ def _rule_view(call: _Call) -> State:
                 break
             taken.append(piece)
             total *= piece.size
+            i += 1
+        # A size-1 spatial factor (a map one pixel wide) stays with the dims before it, so that
+        # a linear layer over the channels that follow does not read it as mixing positions.
+        next_size = out[k + 1] if k + 1 < len(out) else None
+        while i < len(pieces) and pieces[i].size == 1 and pieces[i].spatial and next_size != 1:
+            taken.append(pieces[i])
             i += 1
         if len(taken) == 1:
             dims.append(taken[0])
