@@ -64,6 +64,8 @@ class Result:
     reason: str = ""
     seconds: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    input_size: tuple[int, int] = (INPUT, INPUT)
+    in_channels: int = 3
 
     @property
     def analysed(self) -> bool:
@@ -81,37 +83,61 @@ def _create(name: str, **kwargs: Any) -> Any:
     return timm.create_model(name, pretrained=False, **kwargs).eval()
 
 
-def _analyse(model: Any) -> tuple[list[Any], list[str]]:
+def _analyse(model: Any, size: tuple[int, int], channels: int) -> tuple[list[Any], list[str]]:
     from hypercolumns.errors import GeometryWarning
     from hypercolumns.layers import layers
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GeometryWarning)
-        found = layers(model, INPUT)
+        found = layers(model, size, in_channels=channels)
     notes = [str(w.message) for w in caught if issubclass(w.category, GeometryWarning)]
     return found, notes
 
 
-def check_model(name: str) -> Result:
-    """Analyse timm model ``name`` at 224x224 and check its last spatial layer by gradients."""
+def _build(name: str, result: Result) -> tuple[Any, list[Any], list[str]]:
+    """The model and its analysis at 224x224: as built, else asked for ``img_size=224``, else
+    on its own input size (models that cannot run at 224, e.g. with fixed windows)."""
     import torch
 
+    attempts: list[tuple[dict[str, Any], tuple[int, int] | None]] = [
+        ({}, (INPUT, INPUT)),
+        ({"img_size": INPUT}, (INPUT, INPUT)),
+        ({}, None),
+    ]
+    first_error: Exception | None = None
+    for kwargs, size in attempts:
+        try:
+            torch.manual_seed(0)
+            model = _create(name, **kwargs)
+            cfg = getattr(model, "pretrained_cfg", None) or {}
+            channels, *native = cfg.get("input_size", (3, INPUT, INPUT))
+            if size is None:
+                size = (int(native[0]), int(native[1]))
+                if size == (INPUT, INPUT):
+                    continue
+            found, notes = _analyse(model, size, int(channels))
+        except Exception as err:
+            first_error = first_error or err
+            continue
+        result.kwargs, result.input_size, result.in_channels = kwargs, size, int(channels)
+        return model, found, notes
+    assert first_error is not None
+    raise first_error
+
+
+def check_model(name: str) -> Result:
+    """Analyse timm model ``name`` at 224x224 and check its last spatial layer by gradients."""
     from hypercolumns.testing import gradient_boxes, gradient_rf, rf_mismatches
 
     start = time.perf_counter()
     result = Result(model=name)
     try:
-        torch.manual_seed(0)
         try:
-            model = _create(name)
-            found, notes = _analyse(model)
-        except Exception as first:  # a fixed-size model: ask it for 224x224
-            try:
-                model = _create(name, img_size=INPUT)
-                found, notes = _analyse(model)
-            except Exception:
-                raise first from None
-            result.kwargs = {"img_size": INPUT}
+            model, found, notes = _build(name, result)
+        except Exception as err:
+            result.status, result.reason = ERROR, "the model does not run: " + _first_line(err)
+            return result
+        size, channels = result.input_size, result.in_channels
         result.module = type(model).__module__.rsplit(".", 1)[-1]
         result.params = sum(p.numel() for p in model.parameters())
         unknown = [la.name for la in found if la.rf is None]
@@ -131,15 +157,15 @@ def check_model(name: str) -> Result:
         if result.kind == MIXED:
             grid = last.layout.grid if last.layout is not None else last.shape[-2:]
             unit = (grid[0] // 2, grid[1] // 2)
-            (box,) = gradient_boxes(model, last.name, INPUT, [unit])
-            whole = (0, 0, INPUT - 1, INPUT - 1)
+            (box,) = gradient_boxes(model, last.name, size, [unit], in_channels=channels)
+            whole = (0, 0, size[0] - 1, size[1] - 1)
             result.gradient = {"unit": unit, "box": box}
             result.status = AGREE if box == whole else DISAGREE
             if box != whole:
-                result.reason = f"unit {unit} reads {box}, not the whole {INPUT}x{INPUT} input"
+                result.reason = f"unit {unit} reads {box}, not the whole {size[0]}x{size[1]} input"
             return result
         try:
-            measured = gradient_rf(model, last.name, INPUT)
+            measured = gradient_rf(model, last.name, size, in_channels=channels)
         except Exception as err:
             result.status, result.reason = UNMEASURED, _first_line(err)
             return result
@@ -149,12 +175,11 @@ def check_model(name: str) -> Result:
             "center": measured.center,
             "measured_at": measured.measured_at,
         }
-        mismatches = rf_mismatches(model, last.name, measured)
+        mismatches = rf_mismatches(model, last.name, measured, in_channels=channels)
         result.status = DISAGREE if mismatches else AGREE
         result.reason = "; ".join(mismatches)
     except Exception as err:
-        result.status = ERROR if not result.module else NOT_ANALYSED
-        result.reason = _first_line(err)
+        result.status, result.reason = UNMEASURED, _first_line(err)
     finally:
         result.seconds = round(time.perf_counter() - start, 1)
     return result
@@ -248,9 +273,12 @@ def _geometry(d: dict[str, Any]) -> str:
 
 
 def _row(r: Result) -> list[str]:
+    size = tuple(r.input_size)
+    note = "" if size == (INPUT, INPUT) else f" (at {size[0]}x{size[1]})"
+    note += " (img_size=224)" if r.kwargs else ""
     return [
         r.module,
-        r.model,
+        r.model + note,
         f"{r.params / 1e6:.1f}M" if r.params else "",
         r.kind,
         f"`{r.layer}`" if r.layer else "",
@@ -324,8 +352,9 @@ def write_markdown(results: list[Result], path: Path, command: str, elapsed: flo
         "* **global/mixed** (after self-attention every unit reads the whole image): the "
         "gradient of the middle unit must reach every input pixel.",
         "",
-        "A model counts as *analysed* when every layer has a receptive field (no "
-        "`GeometryWarning`).",
+        "A model that does not run at 224x224 is built with `img_size=224` when it takes it, "
+        "else analysed at its own input size (noted in the table). A model counts as "
+        "*analysed* when every layer has a receptive field (no `GeometryWarning`).",
         "",
         "## Summary",
         "",
@@ -394,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         futures = {pool.submit(_run_isolated, n, args.timeout, threads): n for n in names}
         for k, future in enumerate(as_completed(futures), 1):
             r = future.result()
-            r.module = r.module or modules.get(r.model, "")
+            r.module = modules.get(r.model) or r.module
             results.append(r)
             print(
                 f"[{k}/{len(names)}] {r.model:32s} {r.status:13s} {r.kind:13s} "
