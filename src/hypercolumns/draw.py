@@ -289,7 +289,7 @@ def _ticks(ax: Axes, labels: Sequence[int | None]) -> None:
 class _Diagram:
     """The panels of one diagram, repainted for a chosen output cell."""
 
-    def __init__(self, arith: ConvArithmetic, *, cell_inches: float | None = None) -> None:
+    def __init__(self, arith: ConvArithmetic) -> None:
         spec, n, out = arith.spec, arith.input_size, arith.output_size
         side = len(arith.cells)
         largest = max(side, out)
@@ -300,7 +300,7 @@ class _Diagram:
             )
         self.arith = arith
         sides = ([n] if spec.transposed else []) + [side, out]
-        unit = cell_inches or min(0.32, 13.0 / sum(sides))
+        unit = min(0.32, 13.0 / sum(sides))  # inches per cell
         width = max(unit * sum(sides) + 0.9 * len(sides) + 0.6, 7.0)
         self.fig = Figure(figsize=(width, unit * largest + 2.6), layout="constrained")
         axes = list(self.fig.subplots(1, len(sides), width_ratios=sides))
@@ -318,12 +318,10 @@ class _Diagram:
             for gx in range(side)
         ]  # fmt: skip
         self.kinds = kinds
-        self.grid = _cells(
-            self.grid_ax,
-            side,
-            [_INPUT if k is Cell.INPUT else _PAD if k is Cell.PADDING else _ZERO for k in kinds],
-            ["dashed" if k is Cell.PADDING else "solid" for k in kinds],
-        )
+        self.faces = [_INPUT if k is Cell.INPUT else _PAD if k is Cell.PADDING else _ZERO
+                      for k in kinds]  # fmt: skip
+        styles = ["dashed" if k is Cell.PADDING else "solid" for k in kinds]
+        self.grid = _cells(self.grid_ax, side, self.faces, styles)
         _ticks(self.grid_ax, arith.sources)
         self.grid_ax.set_title(self._grid_title(), fontsize=9)
         self.output = _cells(self.out_ax, out, [_OUTPUT] * out * out, ["solid"] * out * out)
@@ -350,7 +348,7 @@ class _Diagram:
         if after != before:
             pad += f" ({after} at bottom/right)" if after >= 0 else f" ({-after} cropped)"
         inserted = f"{zeros} zero{'s' * (zeros != 1)} between cells, " if zeros else ""
-        return f"equivalent input: {inserted}{pad};\nconvolved with stride 1"
+        return f"equivalent input: {inserted}{pad};\nconvolved with stride 1, kernel flipped"
 
     def _legend(self) -> list[Patch]:
         handles = [
@@ -371,8 +369,7 @@ class _Diagram:
         arith = self.arith
         i, j = arith.check_unit(unit)
         side, out = len(arith.cells), arith.output_size
-        faces = [_INPUT if k is Cell.INPUT else _PAD if k is Cell.PADDING else _ZERO
-                 for k in self.kinds]  # fmt: skip
+        faces = list(self.faces)
         taps = arith.footprint(i, j)
         for gy, gx in taps:
             faces[gy * side + gx] = (
