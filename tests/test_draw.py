@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from matplotlib.colors import to_rgba
 from PIL import Image
 from torch import nn
+from typer.testing import CliRunner
 
 from hypercolumns import draw
+from hypercolumns.cli import app
 from hypercolumns.draw import Cell, ConvSpec, conv_arithmetic
 from hypercolumns.errors import GeometryWarning, HypercolumnsError, InputSizeError
 from hypercolumns.layers import layers
@@ -290,6 +292,18 @@ def test_growth_without_spatial_layers() -> None:
 
 
 # --- command line -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["draw"], ["conv", "growth"]), (["draw", "conv"], ["--transposed", "--animate", "Example"]),
+     (["draw", "growth"], ["--input-size", "--model-kwargs", "Example"])],
+)  # fmt: skip
+def test_help(args: list[str], expected: list[str]) -> None:
+    res = CliRunner().invoke(app, [*args, "--help"])
+    assert res.exit_code == 0
+    for text in expected:
+        assert text in res.output
 
 
 def test_cli_draws_png_pdf_and_gif(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

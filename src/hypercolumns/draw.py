@@ -126,22 +126,16 @@ class ConvSpec:
 
     def formula(self, input_size: int) -> str:
         """The output-size formula with the numbers filled in."""
-        n, k, s, p, d = (
-            self.output_size(input_size),
-            self.kernel,
-            self.stride,
-            self.padding,
-            self.dilation,
-        )
+        o = self.output_size(input_size)
+        n, k, s, p, d = input_size, self.kernel, self.stride, self.padding, self.dilation
         if self.transposed:
-            op = self.output_padding
             return (
                 "output = (n \u2212 1)s \u2212 2p + d(k \u2212 1) + output_padding + 1 = "
-                f"{(input_size - 1) * s} \u2212 {2 * p} + {d * (k - 1)} + {op} + 1 = {n}"
+                f"{(n - 1) * s} \u2212 {2 * p} + {d * (k - 1)} + {self.output_padding} + 1 = {o}"
             )
         return (
             "output = \u230a(n + 2p \u2212 d(k \u2212 1) \u2212 1) / s\u230b + 1 = "
-            f"\u230a{input_size + 2 * p - d * (k - 1) - 1} / {s}\u230b + 1 = {n}"
+            f"\u230a{n + 2 * p - d * (k - 1) - 1} / {s}\u230b + 1 = {o}"
         )
 
     def output_size(self, input_size: int) -> int:
