@@ -27,7 +27,7 @@ from hypercolumns.testing import (
     gradient_rf,
     rf_mismatches,
 )
-from tests.tiny_models import windowed
+from tests.tiny_models import RowRNN, windowed
 
 LAST = "<last spatial layer>"
 
@@ -462,3 +462,20 @@ def test_model_is_left_unchanged() -> None:
     assert [type(m) for m in model] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
     after = model.state_dict()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrence_along_rows_matches_gradients(bidirectional: bool) -> None:
+    """An LSTM over each row: unit j reads the row up to j (both ways: the whole row)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), RowRNN(4, bidirectional))
+    size = (12, 8)
+    layer = _layer(model, "1", size)
+    assert layer.rf is not None
+    units = [(5, j) for j in range(8)]
+    expected = []
+    for i, j in units:  # the analysis ignores the border: clip to the image
+        y0, x0, y1, x1 = layer.rf.unit_box(i, j)
+        expected.append((max(y0, 0), max(x0, 0), min(y1, 11), min(x1, 7)))
+    assert gradient_boxes(model, "1", size, units) == expected
+    assert layer.rf.size == (3, 10)  # unit 7 of the forward scan reads 8 units of 3 pixels

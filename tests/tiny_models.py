@@ -103,3 +103,16 @@ def windowed() -> nn.Sequential:
         SpaceToDepth(),
         nn.Conv2d(64, 8, 1),
     )
+
+
+class RowRNN(nn.Module):
+    """An LSTM along each row of a map (Sequencer's horizontal branch)."""
+
+    def __init__(self, channels: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(channels, channels, batch_first=True, bidirectional=bidirectional)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = self.rnn(x.permute(0, 2, 3, 1).reshape(b * h, w, c))[0]
+        return t.reshape(b, h, w, -1).permute(0, 3, 1, 2)

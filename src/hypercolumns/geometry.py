@@ -209,6 +209,18 @@ def windowed_conv(
     return resample(axis, slope=Q(block, out_block), taps=taps, position=position, cycle=out_block)
 
 
+def scan(axis: Axis, units: int, direction: str) -> Axis:
+    """A recurrence along the axis (an RNN over positions): unit ``j`` reads units ``0..j``
+    (``"forward"``), ``j..units-1`` (``"reverse"``) or all of them (``"both"``)."""
+
+    def taps(j: int) -> range:
+        if direction == "forward":
+            return range(j + 1)
+        return range(j, units) if direction == "reverse" else range(units)
+
+    return resample(axis, slope=Q(1), taps=taps, position=Q, units=units, cycle=units)
+
+
 def transposed_conv(
     axis: Axis, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1
 ) -> Axis:

@@ -310,6 +310,10 @@ def _mapped(
     return State(tuple(dims))
 
 
+def _shape_of(st: State) -> tuple[int, ...]:
+    return tuple(d.size for d in st.dims)
+
+
 def _spatial_tail(call: _Call, n: int) -> list[int]:
     rank = len(call.shape("self") if "self" in call.args else call.shape("input"))
     return list(range(rank - n, rank))
@@ -327,6 +331,9 @@ def _rule_conv(call: _Call) -> State:
     s, p = _ints(call.args["stride"], n), _ints(call.args["padding"], n)
     d = _ints(call.args["dilation"], n)
     axes = list(range(2, 2 + n))
+    if all(x == 1 for x in (*k, *s)) and not any(p) and call.out_shape[2:] == _shape_of(st)[2:]:
+        # A 1x1 convolution mixes channels only, whatever the other dims hold (tokens).
+        return State((st.dims[0], _plain(call.out_shape[1]), *st.dims[2:]), windows=st.windows)
     if call.args["transposed"]:
         return _mapped(
             st, call.out_shape, axes, lambda i, a, _: g.transposed_conv(a, k[i], s[i], p[i], d[i])
@@ -344,11 +351,50 @@ def _pool_rule(n: int) -> _Rule:
         p = _ints(call.args.get("padding", 0), n)
         d = _ints(call.args.get("dilation", 1), n)
         axes = _spatial_tail(call, n)
+        if not any(p) and all(x == 1 for x in d):
+            flat = _pool_flat_tokens(st, call.out_shape, axes, k, s)
+            if flat is not None:
+                return flat
         return _windows(st, call.out_shape, axes, k, s, p, d) or _mapped(
             st, call.out_shape, axes, lambda i, a, _: g.conv(a, k[i], s[i], p[i], d[i])
         )
 
     return rule
+
+
+def _pool_flat_tokens(
+    st: State,
+    out_shape: Sequence[int],
+    axes: Sequence[int],
+    k: Sequence[int],
+    s: Sequence[int],
+) -> State | None:
+    """Pooling along a flattened ``(H, W)`` token axis in runs of ``k`` tokens (Next-ViT's
+    sequence reduction, a 1-D pooling with kernel = stride): runs inside rows pool the last
+    factor; runs that cross rows keep no map and are *mixed* (like attention, conservative).
+    ``None`` when the op is not that."""
+    flat = [a for a in axes if len(st.dims[a].factors) > 1 and st.dims[a].positional]
+    if len(flat) != 1 or st.is_global:
+        return None
+    (a,) = flat
+    i = list(axes).index(a)
+    dim, last = st.dims[a], st.dims[a].factors[-1]
+    others_identity = all(
+        (k[j], s[j]) == (1, 1) and out_shape[b] == st.dims[b].size
+        for j, b in enumerate(axes)
+        if b != a
+    )
+    if dim.prefix or not last.positional or last.geom is None or k[i] != s[i]:
+        return None
+    if not others_identity:
+        return None
+    dims = list(st.dims)
+    if last.size % k[i]:  # runs that cross rows: no map, each run reads parts of two rows
+        dims[a] = _plain(int(out_shape[a]))
+        return State(tuple(dims), mixed=True)
+    pooled = Factor(last.size // k[i], last.axis, g.conv(last.geom, k[i], k[i]))
+    dims[a] = Dim((*dim.factors[:-1], pooled))
+    return replace(st, dims=tuple(dims))
 
 
 def _windows(
@@ -815,6 +861,28 @@ def _rule_attention(call: _Call) -> State:
     return _flat(call.out_shape, is_global=True)
 
 
+def _rule_rnn(call: _Call) -> list[State]:
+    """A recurrent layer over positions: each output step reads the steps before it (or after
+    it, or all of them when bidirectional); the final hidden states read the whole sequence."""
+    st = call.source
+    if "reverse" in call.args:  # one direction of one layer, always sequence-first
+        seq, direction = 0, "reverse" if call.args["reverse"] else "forward"
+    else:
+        seq = 1 if call.args.get("batch_first") else 0
+        direction = "both" if call.args.get("bidirectional") else "forward"
+    dim = st.dims[seq]
+    if st.is_global or not dim.spatial:
+        out = State((*st.dims[:-1], _plain(call.out_shape[-1])), st.is_global)
+    elif (f := dim.simple) is not None and f.geom is not None:
+        dims = [*st.dims[:-1], _plain(call.out_shape[-1])]
+        dims[seq] = Dim((Factor(f.size, f.axis, g.scan(f.geom, f.size, direction)),))
+        out = State(tuple(dims))
+    else:
+        raise _OpError("runs a recurrence over a flattened or token axis")
+    rest = [_flat(o.shape, is_global=True) for o in _tensors(call.out)[1:]]
+    return [out, *rest]
+
+
 def _rule_constant(call: _Call) -> None:
     return None
 
@@ -886,6 +954,11 @@ _RULES: dict[str, _Rule] = {
     "matmul": _matmul_rule(("self", "other"), True),
     "mv": _matmul_rule(("self", "vec"), False),
     "embedding": _rule_global,
+    "mkldnn_rnn_layer": _rule_rnn,
+    "lstm": _rule_rnn,
+    "gru": _rule_rnn,
+    "rnn_tanh": _rule_rnn,
+    "rnn_relu": _rule_rnn,
     "zero_": _rule_constant,
     "fill_": _rule_constant,
     "normal_": _rule_constant,
