@@ -15,7 +15,7 @@ from torch import nn
 import hypercolumns as hc
 from hypercolumns import trace
 from hypercolumns.errors import GeometryWarning, InputSizeError, ModelError
-from tests.tiny_models import PatchMerging, SpaceToDepth, WindowAttention, WindowConv
+from tests.tiny_models import PatchMerging, RowRNN, SpaceToDepth, WindowAttention, WindowConv
 
 
 class Lambda(nn.Module):
@@ -480,3 +480,35 @@ def test_windows_that_do_not_line_up_are_unknown_not_guessed() -> None:
     with pytest.warns(GeometryWarning, match="aten"):
         found = hc.layers(nn.Sequential(conv(3, p=1), Mismatched()), 16)
     assert found[-1].rf is None
+
+
+class Patches(nn.Module):
+    """``F.unfold`` into 2x2 patches, a softmax inside each patch, ``F.fold`` back (TNT-like)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = F.unfold(x, 2, stride=2).view(b, c, 4, -1).transpose(2, 3).softmax(-1)
+        return F.fold(t.transpose(2, 3).reshape(b, c * 4, -1), (h, w), 2, stride=2)
+
+
+def test_unfold_into_patches_and_fold_back() -> None:
+    r = rf(nn.Sequential(conv(3, p=1), Patches()), "1", 12)
+    assert r.size == (4, 4)  # a 3x3 stem unit, its 2x2 patch read by the softmax
+    assert r.unit_box(5, 2) == (3.0, 1.0, 6.0, 4.0)
+    assert r.unit_box(5, 3) == (3.0, 1.0, 6.0, 4.0)
+
+
+def test_recurrence_along_a_row() -> None:
+    r = rf(nn.Sequential(conv(3, p=1), RowRNN(3, bidirectional=False)), "1", (12, 8))
+    assert r.unit_box(5, 0) == (4.0, -1.0, 6.0, 1.0)
+    assert r.unit_box(5, 6) == (4.0, -1.0, 6.0, 7.0)
+
+
+def test_pooling_over_flattened_tokens_within_rows() -> None:
+    class SequenceReduction(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, c, h, w = x.shape
+            return F.avg_pool1d(x.flatten(2), 4).reshape(b, c, h, w // 4)
+
+    r = rf(nn.Sequential(conv(3, p=1), SequenceReduction()), "1", (8, 16))
+    assert geometry(r) == ((3, 6), (1.0, 4.0), (0.0, 1.5))

@@ -883,6 +883,48 @@ def _rule_rnn(call: _Call) -> list[State]:
     return [out, *rest]
 
 
+def _rule_im2col(call: _Call) -> State:
+    """``F.unfold`` into non-overlapping patches (TNT's pixel tokens): a split of both axes,
+    the positions inside a patch joining the channels, the patches the last dim."""
+    st = call.source
+    k, s = _ints(call.args["kernel_size"], 2), _ints(call.args["stride"], 2)
+    p, d = _ints(call.args["padding"], 2), _ints(call.args["dilation"], 2)
+    fy, fx = st.dims[-2].simple, st.dims[-1].simple
+    if st.is_global:
+        return _flat(call.out_shape, is_global=True)
+    if k != s or any(p) or d != [1, 1] or fy is None or fx is None or st.dims[-3].spatial:
+        raise _OpError("unfolds overlapping or padded windows")
+    outer, inner = [], []
+    for f, n in ((fy, k[0]), (fx, k[1])):
+        assert f.geom is not None
+        o, i = Split(str(f.axis), f.geom, f.size // n).factors(f.size // n * n)
+        outer.append(o)
+        inner.append(i)
+    channels = Dim((*st.dims[-3].factors, *inner))
+    return State((*st.dims[:-3], channels, Dim(tuple(outer))))
+
+
+def _rule_col2im(call: _Call) -> State:
+    """``F.fold`` of non-overlapping patches: the inverse of :func:`_rule_im2col`."""
+    st = call.source
+    k, s = _ints(call.args["kernel_size"], 2), _ints(call.args["stride"], 2)
+    channels, patches = st.dims[-2], st.dims[-1]
+    inner, outer = channels.factors[-2:], patches.factors
+    pairs = list(zip(inner, outer, strict=False)) if len(inner) == len(outer) == 2 else []
+    ok = (
+        k == s
+        and not any(_ints(call.args["padding"], 2))
+        and bool(pairs)
+        and all(i.inner and o.split == i.split and not o.inner for i, o in pairs)
+        and [o.size * i.size for i, o in pairs] == list(call.out_shape[-2:])
+    )
+    if not ok:
+        raise _OpError("folds windows that are not the patches of an unfold")
+    rest = Dim(channels.factors[:-2]) if channels.factors[:-2] else _plain(call.out_shape[-3])
+    y, x = (Dim((_join(i, i.split in st.windows),)) for i in inner)
+    return State((*st.dims[:-2], rest, y, x))
+
+
 def _rule_constant(call: _Call) -> None:
     return None
 
@@ -954,6 +996,8 @@ _RULES: dict[str, _Rule] = {
     "matmul": _matmul_rule(("self", "other"), True),
     "mv": _matmul_rule(("self", "vec"), False),
     "embedding": _rule_global,
+    "im2col": _rule_im2col,
+    "col2im": _rule_col2im,
     "mkldnn_rnn_layer": _rule_rnn,
     "lstm": _rule_rnn,
     "gru": _rule_rnn,
@@ -1073,8 +1117,6 @@ for _op in (
     "grid_sampler",
     "_upsample_bilinear2d_aa",
     "_upsample_bicubic2d_aa",
-    "im2col",
-    "col2im",
     "unfold",
     "repeat",
     "as_strided",
