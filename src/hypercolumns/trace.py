@@ -494,8 +494,24 @@ def _rule_pad(call: _Call) -> State:
     pad = _ints(call.args.get("pad", call.args.get("padding")), 1)
     n = len(pad) // 2
     rank = len(call.shape("self"))
-    axes = [rank - 1 - i for i in range(n)]
-    return _mapped(st, call.out_shape, axes, lambda i, a, _: g.shift(a, -pad[2 * i]))
+    left = {rank - 1 - i: pad[2 * i] for i in range(n)}
+    dims = list(st.dims)
+    for a in list(left):  # a token axis padded in front only: extra (zero) tokens, like CoaT's
+        dim = dims[a]
+        if (
+            dim.positional
+            and dim.simple is None
+            and left[a] >= 0
+            and dim.size + left[a] == (call.out_shape[a])
+        ):
+            dims[a] = Dim(dim.factors, dim.prefix + left.pop(a))
+    axes = list(left)
+    return _mapped(
+        replace(st, dims=tuple(dims)),
+        call.out_shape,
+        axes,
+        lambda i, a, _: g.shift(a, -left[axes[i]]),
+    )
 
 
 def _norm_dim(d: int, rank: int) -> int:
@@ -511,6 +527,10 @@ def _rule_slice(call: _Call) -> State | None:
     start = max(0, min(size, start + size if start < 0 else start))
     step = int(call.args.get("step") or 1)
     dim = st.dims[d]
+    if call.out_shape[d] == 0:  # an empty slice (no extra tokens to take): nothing is read
+        return None
+    if start == 0 and step == 1 and call.out_shape[d] == size:
+        return st
     if not dim.spatial:
         return _mapped(st, call.out_shape, [d], lambda i, a, _: a)
     if dim.prefix:
