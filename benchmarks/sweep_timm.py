@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+# benchmarks/hypercolumns.py would shadow the package when this script is run by path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 ROOT = HERE.parent
 SELECTION = HERE / "timm_representatives.json"
 INPUT = 224

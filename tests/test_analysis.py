@@ -15,6 +15,7 @@ from torch import nn
 import hypercolumns as hc
 from hypercolumns import trace
 from hypercolumns.errors import GeometryWarning, InputSizeError, ModelError
+from tests.tiny_models import PatchMerging, SpaceToDepth, WindowAttention, WindowConv
 
 
 class Lambda(nn.Module):
@@ -417,3 +418,65 @@ def test_fast_linear_and_norms_agree_with_dispatch(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(trace, "_fast_forward", lambda module, tracer: None)
     assert [layer.to_dict() for layer in hc.layers(model, 96)] == fast
     assert hc.layers(TinyViT(), 32)[-1].is_global
+
+
+# --- windows: reshapes that cut spatial axes into blocks ------------------------------------
+
+
+def test_window_attention_reads_whole_windows() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 4, 4), WindowAttention(8, 4))
+    found = {layer.name: layer for layer in hc.layers(model, 64)}
+    attn = found["1"].rf
+    assert attn is not None
+    # Stem units are 4x4 pixels; each window holds 4x4 of them: 16x16 pixels, read by all.
+    assert geometry(attn) == ((16, 16), (4.0, 4.0), (1.5, 1.5))
+    assert not attn.uniform
+    assert attn.unit_box(0, 3) == (0.0, 0.0, 15.0, 15.0)
+    assert attn.unit_box(5, 6) == (16.0, 16.0, 31.0, 31.0)
+    # Inside the block, laid out as windows: per-token layers keep their stem geometry, the
+    # projection after attention reads the whole window; neither is a map to sample.
+    qkv, proj = found["1.qkv"], found["1.proj"]
+    assert qkv.layout is None
+    assert proj.layout is None
+    assert qkv.rf is not None
+    assert proj.rf is not None
+    assert geometry(qkv.rf) == ((4, 4), (4.0, 4.0), (1.5, 1.5))
+    assert proj.rf.size == (16, 16)
+    assert "1.qkv" not in [la.name for la in hc.select(list(found.values()), "all")]
+
+
+def test_shifted_windows_follow_the_roll() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 4, 4), WindowAttention(8, 4, shift=2))
+    r = rf(model, "1", 64)
+    # Rolled by 2 units (8 pixels) before the windows are cut: windows start at pixel 8.
+    assert r.unit_box(2, 2) == (8.0, 8.0, 23.0, 23.0)
+    assert r.unit_box(5, 5) == (8.0, 8.0, 23.0, 23.0)
+    assert r.unit_box(6, 6) == (24.0, 24.0, 39.0, 39.0)
+
+
+def test_space_to_depth_and_patch_merging_give_block_geometry() -> None:
+    stem = nn.Conv2d(3, 4, 3, padding=1)
+    s2d = rf(nn.Sequential(stem, SpaceToDepth()), "1")
+    assert geometry(s2d) == ((4, 4), (2.0, 2.0), (0.5, 0.5))
+    merged = rf(nn.Sequential(stem, PatchMerging(4)), "1")
+    assert geometry(merged) == ((4, 4), (2.0, 2.0), (0.5, 0.5))
+
+
+def test_convolution_inside_windows_is_padded_at_each_window_border() -> None:
+    r = rf(nn.Sequential(nn.Conv2d(3, 8, 1), WindowConv(8, 4)), "1", 16)
+    assert r.size == (3, 3)
+    assert not r.uniform
+    assert r.unit_box(3, 3) == (2.0, 2.0, 3.0, 3.0)  # last in its window: no right neighbour
+    assert r.unit_box(4, 5) == (4.0, 4.0, 5.0, 6.0)  # first in the next: no left neighbour
+
+
+def test_windows_that_do_not_line_up_are_unknown_not_guessed() -> None:
+    class Mismatched(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, c, h, w = x.shape
+            a = x.reshape(b, c, h // 4, 4, w).transpose(2, 3).reshape(b, c, h, w)
+            return a + x.reshape(b, c, h // 2, 2, w).transpose(2, 3).reshape(b, c, h, w)
+
+    with pytest.warns(GeometryWarning, match="aten"):
+        found = hc.layers(nn.Sequential(conv(3, p=1), Mismatched()), 16)
+    assert found[-1].rf is None

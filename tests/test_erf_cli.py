@@ -62,7 +62,7 @@ def test_erf_over_a_folder_of_images(tmp_path: Path, capsys: pytest.CaptureFixtu
     [
         (["-l", "7", "-s", "16"], "is global"),
         (["-l", "3", "-s", "16", "--unit", "8,0"], "grid is 8x8 units"),
-        (["-l", "3", "-s", "16", "--unit", "middle"], "--unit expects Y,X"),
+        (["-l", "3", "-s", "16", "--unit", "middle"], "--unit expects I,J"),
         (["-l", "3", "-s", "1"], "too small"),
         (["-l", "3", "-s", "16", "--samples", "0"], "samples must be a positive integer"),
         (["-l", "3", "-s", "16", "--batch-size", "-1"], "batch_size must be a positive"),

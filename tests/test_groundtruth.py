@@ -27,6 +27,7 @@ from hypercolumns.testing import (
     gradient_rf,
     rf_mismatches,
 )
+from tests.tiny_models import windowed
 
 LAST = "<last spatial layer>"
 
@@ -226,6 +227,7 @@ SMALL: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "pixel_shuffle": (_pixel_shuffle, 48),
     "dilated": (_dilated, 96),
     "padded": (_padded, 64),
+    "windowed": (windowed, 256),
 }
 
 
@@ -251,7 +253,12 @@ def _interior_units(layer: Layer, size: int, count: int = 4) -> list[tuple[int, 
 
 
 def _spatial_layers(model: nn.Module, size: int) -> list[Layer]:
-    return [la for la in layers(model, size) if la.rf is not None and not la.rf.is_global]
+    """Layers laid out as maps (not windows) with a local receptive field."""
+    return [
+        la
+        for la in layers(model, size)
+        if la.rf is not None and not la.rf.is_global and la.layout is not None
+    ]
 
 
 @pytest.mark.parametrize("key", list(SMALL))

@@ -1,5 +1,6 @@
 """Tiny models for fast tests, loadable as ``tests/tiny_models.py:tiny``."""
 
+import torch
 from torch import nn
 
 
@@ -19,3 +20,86 @@ def tiny(in_chans: int = 3, classes: int = 2) -> nn.Sequential:
 
 def not_a_model() -> str:
     return "hello"
+
+
+class WindowAttention(nn.Module):
+    """Self-attention inside ``window`` x ``window`` blocks of a map, shifted like Swin's."""
+
+    def __init__(self, channels: int, window: int, shift: int = 0) -> None:
+        super().__init__()
+        self.window, self.shift = window, shift
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n, s = self.window, self.shift
+        t = x.permute(0, 2, 3, 1)
+        if s:
+            t = torch.roll(t, (-s, -s), (1, 2))
+        t = t.reshape(b, h // n, n, w // n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, n * n, c)
+        q, k, v = self.qkv(t).chunk(3, dim=-1)
+        t = self.proj((q @ k.transpose(-2, -1) / c**0.5).softmax(-1) @ v)
+        t = t.reshape(b, h // n, w // n, n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        if s:
+            t = torch.roll(t, (s, s), (1, 2))
+        return x + t.permute(0, 3, 1, 2)
+
+
+class WindowConv(nn.Module):
+    """A convolution run on each window separately, windows stacked in the batch (EfficientViT
+    and MobileViT style): zero padding at every window's border."""
+
+    def __init__(self, channels: int, window: int, kernel: int = 3, stride: int = 1) -> None:
+        super().__init__()
+        self.window = window
+        self.conv = nn.Conv2d(channels, channels, kernel, stride, kernel // 2, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = self.window
+        t = x.view(b, c, h // n, n, w // n, n).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, n, n)
+        t = self.conv(t)
+        m = t.shape[-1]
+        t = t.view(b, h // n, w // n, c, m, m).permute(0, 3, 1, 4, 2, 5)
+        return t.reshape(b, c, h // n * m, w // n * m)
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbours stacked into channels, then a linear layer (Swin's downsampling)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * channels, 2 * channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c)
+        t = t.permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(t).permute(0, 3, 1, 2)
+
+
+class SpaceToDepth(nn.Module):
+    """Each 2x2 block into channels (TResNet's stem)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4)
+        return t.reshape(b, 4 * c, h // 2, w // 2)
+
+
+def windowed() -> nn.Sequential:
+    """Window attention (plain and shifted), convolution in windows, patch merging and
+    space-to-depth."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 4, 4),
+        WindowAttention(8, 4),
+        nn.Conv2d(8, 8, 3, padding=1),
+        WindowAttention(8, 4, shift=2),
+        WindowConv(8, 4),
+        PatchMerging(8),
+        WindowConv(16, 4, kernel=3, stride=2),
+        nn.Conv2d(16, 16, 3, padding=1),
+        SpaceToDepth(),
+        nn.Conv2d(64, 8, 1),
+    )

@@ -121,6 +121,7 @@ def resample(
     taps: Callable[[int], Iterable[int]],
     position: Callable[[int], Fraction],
     units: int = 1,
+    cycle: int = 1,
 ) -> Axis:
     """Geometry of a layer whose output unit ``j`` reads input units ``taps(j)``.
 
@@ -131,6 +132,8 @@ def resample(
         position: Position of output unit ``j`` in input-unit coordinates; the output's
             centres are the least-squares affine fit ``slope * j + b`` of these positions.
         units: Output units along the axis, used only when the exact period would be too long.
+        cycle: A period of ``taps`` beyond the one the slope implies (in output units), for
+            layers whose pattern repeats per block (windows).
 
     Returns:
         The output geometry, exact whenever its period is at most a few thousand units.
@@ -138,7 +141,7 @@ def resample(
     if slope <= 0:
         raise ValueError(f"slope must be positive, got {slope}")
     m, n = slope.denominator, slope.numerator
-    period = m * (axis.period // math.gcd(n, axis.period))
+    period = math.lcm(m * (axis.period // math.gcd(n, axis.period)), cycle)
     sampled = min(period, max(units, 1)) if period > _MAX_PERIOD else period
     offset = sum((position(j) - slope * j for j in range(sampled)), Q(0)) / sampled
     center = axis.center + axis.stride * offset
@@ -179,6 +182,31 @@ def conv(axis: Axis, kernel: int, stride: int = 1, padding: int = 0, dilation: i
         taps=lambda j: (j * stride - padding + t * dilation for t in range(kernel)),
         position=lambda j: Q(j * stride - padding) + Q(span, 2),
     )
+
+
+def windowed_conv(
+    axis: Axis,
+    block: int,
+    out_block: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+) -> Axis:
+    """Convolution or pooling run separately on each block of ``block`` units (windows stacked
+    in the batch), zero-padded at every block's border; each block gives ``out_block`` units."""
+    span = dilation * (kernel - 1)
+
+    def taps(u: int) -> Iterable[int]:
+        o, j = divmod(u, out_block)
+        starts = (j * stride - padding + t * dilation for t in range(kernel))
+        return (o * block + q for q in starts if 0 <= q < block)
+
+    def position(u: int) -> Fraction:
+        o, j = divmod(u, out_block)
+        return Q(o * block + j * stride - padding) + Q(span, 2)
+
+    return resample(axis, slope=Q(block, out_block), taps=taps, position=position, cycle=out_block)
 
 
 def transposed_conv(

@@ -19,7 +19,7 @@ from torch import nn
 
 from hypercolumns.errors import InputSizeError, LayerNotFoundError, ModelError, closest
 from hypercolumns.geometry import ReceptiveField
-from hypercolumns.trace import State, trace
+from hypercolumns.trace import State, joined_axes, trace
 
 __all__ = ["Layer", "MapLayout", "first_conv_channels", "layers", "parse_size", "select"]
 
@@ -61,7 +61,8 @@ class Layer:
         type: Module class name.
         shape: Output shape without the batch dimension, e.g. ``(C, H, W)`` or ``(C,)``.
         rf: Receptive field; ``None`` when it is unknown (see the warnings of the analysis).
-        layout: Where the output keeps its spatial axes; ``None`` for global layers.
+        layout: Where the output keeps its spatial axes; ``None`` for global layers and for
+            outputs laid out as windows (tokens grouped by window, windows as batch).
     """
 
     index: int | None
@@ -125,7 +126,9 @@ def first_conv_channels(model: nn.Module) -> int:
 
 
 def _layout(state: State) -> MapLayout | None:
-    spatial = [(d, dim) for d, dim in enumerate(state.dims) if dim.spatial]
+    spatial = [(d, dim) for d, dim in enumerate(state.dims) if dim.positional]
+    if any(d == 0 for d, _ in spatial):  # windows laid out as a batch
+        return None
     if len(spatial) == 2:
         (dy, ydim), (dx, xdim) = spatial
         fy, fx = ydim.simple, xdim.simple
@@ -133,7 +136,7 @@ def _layout(state: State) -> MapLayout | None:
             return MapLayout(dy, dx, (fy.size, fx.size))
     if len(spatial) == 1:
         d, dim = spatial[0]
-        axes = [f.axis for f in dim.factors]
+        axes = [f.axis if f.positional else None for f in dim.factors]
         if axes == ["y", "x"]:
             return MapLayout(d, d, (dim.factors[0].size, dim.factors[1].size), dim.prefix)
     return None
@@ -146,6 +149,9 @@ def _receptive_field(
         return None, None
     layout = None if state.is_global else _layout(state)
     if layout is None:
+        axes = None if state.is_global or state.mixed else joined_axes(state)
+        if axes is not None:  # windows laid out as batch and tokens: a map, not as one
+            return ReceptiveField.from_axes(*axes), None
         return ReceptiveField.whole(*size), None
     dy, dx = state.dims[layout.y], state.dims[layout.x]
     if layout.y == layout.x:
@@ -254,7 +260,7 @@ def _match(item: str | int, by_name: dict[str, Layer], leaves: list[Layer]) -> l
             )
         return [leaves[item]]
     if item == "all":
-        return [layer for layer in leaves if layer.rf is not None and not layer.is_global]
+        return [layer for layer in leaves if layer.layout is not None and not layer.is_global]
     if item in by_name:
         return [by_name[item]]
     if any(ch in item for ch in "*?["):

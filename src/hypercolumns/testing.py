@@ -297,6 +297,8 @@ class _Tagger(TorchDispatchMode):
             return tuple(tags[d] for d in order)
         if name in _VIEWS:
             return _regroup(tags, tuple(first.shape), shape)
+        if name == "convolution" and len(tags) == rank:  # channels are summed over
+            return (tags[0], False, *tags[2:])
         if name in ("expand", "repeat"):
             return (False,) * (rank - len(tags)) + tags
         if name in ("select", "unbind"):

@@ -44,11 +44,57 @@ __all__ = ["Dim", "Factor", "ModuleRecord", "State", "Trace", "trace"]
 
 @dataclass(frozen=True)
 class Factor:
-    """One factor of a tensor dimension: ``size`` elements, spatial when ``axis`` is set."""
+    """One factor of a tensor dimension: ``size`` elements, spatial when ``axis`` is set.
+
+    A spatial factor cut into blocks by a reshape is two factors of one :class:`Split`: the
+    *outer* one (which block) keeps a geometry, the *inner* one (where in the block) has none.
+    """
 
     size: int
     axis: str | None = None  # "y" or "x"
     geom: g.Axis | None = None
+    split: Split | None = None
+    inner: bool = False
+
+    @property
+    def positional(self) -> bool:
+        """Spatial, and not the inner factor of a split (whose position depends on the block)."""
+        return self.axis is not None and not self.inner
+
+
+@dataclass(frozen=True)
+class Split:
+    """A spatial axis with geometry ``origin`` cut into ``blocks`` blocks by a reshape.
+
+    Windowed attention (Swin, MaxViT, ...) and space-to-depth cut each spatial axis into an
+    outer factor (which block: the geometry of a pooling over the block) and an inner one
+    (where in the block), whose ``geom`` is that of the whole axis, unit ``block * o + j``.
+    Ops on windows stacked in the batch (a convolution inside each window) change the inner
+    factor only. Joined again in order, outer then inner, they are a plain axis; when
+    positions inside blocks were mixed (attention within windows), every unit of the joined
+    axis reads its whole block.
+    """
+
+    axis: str
+    origin: g.Axis
+    blocks: int
+
+    def factors(self, size: int) -> tuple[Factor, Factor]:
+        """The outer and inner factor of a ``size``-unit axis with geometry ``origin``."""
+        block = size // self.blocks
+        outer = Factor(self.blocks, self.axis, g.conv(self.origin, block, block), self)
+        return outer, Factor(block, self.axis, self.origin, self, inner=True)
+
+
+def _join(inner: Factor, mixed: bool) -> Factor:
+    """The whole axis of ``inner``'s split; with ``mixed``, each unit reading its whole block."""
+    assert inner.split is not None
+    assert inner.geom is not None
+    size, geom = inner.size * inner.split.blocks, inner.geom
+    if mixed:
+        blocks = g.conv(geom, inner.size, inner.size)
+        geom = g.interpolate(blocks, "nearest", Fraction(1, inner.size), units=size)
+    return Factor(size, inner.axis, geom)
 
 
 @dataclass(frozen=True)
@@ -67,9 +113,14 @@ class Dim:
         return any(f.axis is not None for f in self.factors)
 
     @property
+    def positional(self) -> bool:
+        """Holds positions of the map (not only positions inside blocks)."""
+        return any(f.positional for f in self.factors)
+
+    @property
     def simple(self) -> Factor | None:
         """The dimension's one spatial factor, when it is exactly one spatial axis."""
-        if self.prefix == 0 and len(self.factors) == 1 and self.factors[0].axis is not None:
+        if self.prefix == 0 and len(self.factors) == 1 and self.factors[0].positional:
             return self.factors[0]
         return None
 
@@ -86,10 +137,63 @@ class State:
     is_global: bool = False
     unknown: bool = False
     mixed: bool = False
+    windows: frozenset[Split] = frozenset()  # splits whose blocks were mixed inside
 
 
 def _flat(shape: Sequence[int], *, is_global: bool = False, unknown: bool = False) -> State:
     return State(tuple(_plain(int(s)) for s in shape), is_global, unknown)
+
+
+def _windowed(dims: Sequence[Dim]) -> frozenset[Split] | None:
+    """The splits whose inner factors are the spatial factors of ``dims``, or ``None`` when one
+    of them is positional: mixing values along ``dims`` then mixes positions only inside
+    blocks (``None``: across the image)."""
+    splits: set[Split] = set()
+    for dim in dims:
+        for f in dim.factors:
+            if f.positional or (f.inner and dim.prefix):
+                return None
+            if f.split is not None:
+                splits.add(f.split)
+    return frozenset(splits)
+
+
+def _fuse(factors: Sequence[Factor], windows: frozenset[Split]) -> tuple[Factor, ...]:
+    """``factors`` with each outer factor followed by its inner one joined into their parent."""
+    out: list[Factor] = []
+    for f in factors:
+        prev = out[-1] if out else None
+        if f.inner and prev is not None and not prev.inner and prev.split == f.split:
+            out[-1] = _join(f, f.split in windows)
+        else:
+            out.append(f)
+    return tuple(out)
+
+
+def joined_axes(state: State) -> tuple[g.Axis, g.Axis] | None:
+    """Geometry of the ``y`` and ``x`` axes of a tensor whose spatial axes may be cut into
+    blocks (windows laid out as batch and token dims): each axis is one positional factor, or
+    the outer and inner factor of one split, anywhere in the tensor."""
+    found: dict[str, list[Factor]] = {"y": [], "x": []}
+    for dim in state.dims:
+        for f in dim.factors:
+            if f.axis is not None:
+                found[f.axis].append(f)
+    if not any(len(fs) == 2 for fs in found.values()):
+        return None  # not windows: a flattened map is fully connected's input (global)
+    axes: list[g.Axis | None] = []
+    for fs in found.values():
+        if len(fs) == 1 and fs[0].positional and fs[0].split is None:
+            axes.append(fs[0].geom)
+        elif len(fs) == 2 and fs[0].split is not None and fs[0].split == fs[1].split:
+            inner = [f for f in fs if f.inner]
+            if len(inner) != 1:
+                return None
+            axes.append(_join(inner[0], inner[0].split in state.windows).geom)
+        else:
+            return None
+    y, x = axes
+    return (y, x) if y is not None and x is not None else None
 
 
 @dataclass
@@ -213,15 +317,22 @@ def _spatial_tail(call: _Call, n: int) -> list[int]:
 
 def _rule_conv(call: _Call) -> State:
     st = call.source
-    if call.state("weight") is not None or any(d.spatial for d in st.dims[:2]):
+    inner = _windowed(st.dims[1:2])  # channels may hold positions inside blocks
+    if call.state("weight") is not None or inner is None:
         return _flat(call.out_shape, is_global=True)
+    if inner:
+        st = State((st.dims[0], _plain(call.out_shape[1]), *st.dims[2:]), windows=inner)
     n = len(call.shape("input")) - 2
     k = list(call.shape("weight")[2:])
     s, p = _ints(call.args["stride"], n), _ints(call.args["padding"], n)
     d = _ints(call.args["dilation"], n)
-    fn = g.transposed_conv if call.args["transposed"] else g.conv
-    return _mapped(
-        st, call.out_shape, list(range(2, 2 + n)), lambda i, a, _: fn(a, k[i], s[i], p[i], d[i])
+    axes = list(range(2, 2 + n))
+    if call.args["transposed"]:
+        return _mapped(
+            st, call.out_shape, axes, lambda i, a, _: g.transposed_conv(a, k[i], s[i], p[i], d[i])
+        )
+    return _windows(st, call.out_shape, axes, k, s, p, d) or _mapped(
+        st, call.out_shape, axes, lambda i, a, _: g.conv(a, k[i], s[i], p[i], d[i])
     )
 
 
@@ -232,14 +343,43 @@ def _pool_rule(n: int) -> _Rule:
         s = _ints(call.args.get("stride"), n) or k
         p = _ints(call.args.get("padding", 0), n)
         d = _ints(call.args.get("dilation", 1), n)
-        return _mapped(
-            st,
-            call.out_shape,
-            _spatial_tail(call, n),
-            lambda i, a, _: g.conv(a, k[i], s[i], p[i], d[i]),
+        axes = _spatial_tail(call, n)
+        return _windows(st, call.out_shape, axes, k, s, p, d) or _mapped(
+            st, call.out_shape, axes, lambda i, a, _: g.conv(a, k[i], s[i], p[i], d[i])
         )
 
     return rule
+
+
+def _windows(
+    st: State,
+    out_shape: Sequence[int],
+    axes: Sequence[int],
+    k: Sequence[int],
+    s: Sequence[int],
+    p: Sequence[int],
+    d: Sequence[int],
+) -> State | None:
+    """A convolution or pooling over windows stacked in the batch (each padded at its own
+    border), or ``None`` when ``axes`` are not positions inside windows."""
+    if st.is_global or not any(st.dims[a].spatial and not st.dims[a].positional for a in axes):
+        return None
+    dims = list(st.dims)
+    for i, a in enumerate(axes):
+        f = dims[a].factors[0]
+        if len(dims[a].factors) != 1 or dims[a].prefix or not f.inner or f.geom is None:
+            raise _OpError("convolves windows laid out in a way that cannot be followed")
+        size = int(out_shape[a])
+        whole = _join(f, f.split in st.windows).geom
+        assert whole is not None
+        geom = g.windowed_conv(whole, f.size, size, k[i], s[i], p[i], d[i])
+        dims[a] = Dim((Factor(size, f.axis, geom, f.split, inner=True),))
+    for a, dim in enumerate(dims):
+        if a not in axes and dim.size != out_shape[a]:
+            if dim.spatial:
+                raise _OpError("changes the size of a spatial axis it is not known to act on")
+            dims[a] = _plain(int(out_shape[a]))
+    return State(tuple(dims))
 
 
 def _adaptive_rule(n: int) -> _Rule:
@@ -357,7 +497,7 @@ def _merge_dims(dims: Sequence[Dim], size: int) -> Dim:
     if not spatial:
         return _plain(size)
     first = spatial[0]
-    if len(spatial) == 1:
+    if len(spatial) == 1 or all(d == first for d in spatial[1:]):
         return first
     shape = [(f.size, f.axis) for f in first.factors]
     if any(
@@ -367,10 +507,21 @@ def _merge_dims(dims: Sequence[Dim], size: int) -> Dim:
     factors = []
     for i, f in enumerate(first.factors):
         geoms = [d.factors[i].geom for d in spatial]
-        if f.axis is None or any(x is None for x in geoms):
+        same_split = all(
+            (d.factors[i].split, d.factors[i].inner) == (f.split, f.inner) for d in spatial
+        )
+        if f.inner and not same_split:
+            raise _OpError("combines windows cut differently")
+        if f.axis is None or any(x is None for x in geoms) or all(x == f.geom for x in geoms):
             factors.append(f)
         else:
-            factors.append(Factor(f.size, f.axis, g.union([x for x in geoms if x], f.size)))
+            units = f.size * f.split.blocks if f.inner and f.split else f.size
+            union = g.union([x for x in geoms if x], units)
+            factors.append(
+                Factor(f.size, f.axis, union, f.split, f.inner)
+                if same_split
+                else Factor(f.size, f.axis, union)
+            )
     return Dim(tuple(factors), first.prefix)
 
 
@@ -431,16 +582,17 @@ def _reduce(
         reduced = set(range(rank))
     else:
         reduced = {_norm_dim(int(x), rank) for x in _ints(dims_arg, 1)}
-    if st.is_global or any(st.dims[d].spatial for d in reduced):
+    windows = _windowed([st.dims[d] for d in reduced])
+    if st.is_global or windows is None:
         return _flat(out_shape, is_global=True)
     kept = [
         (_plain(1) if d in reduced else st.dims[d])
         for d in range(rank)
         if keepdim or d not in reduced
     ]
-    if len(kept) != len(out_shape):
+    if len(kept) != len(out_shape) or not any(d.spatial for d in kept):
         return _flat(out_shape, is_global=True)
-    return State(tuple(kept))
+    return State(tuple(kept), windows=windows)
 
 
 def _rule_reduce(call: _Call) -> State:
@@ -453,30 +605,42 @@ def _rule_along(call: _Call) -> State:
     """Shape-preserving ops that mix values along ``dim`` (softmax, cumsum, sort)."""
     st = call.source
     d = _norm_dim(int(call.args["dim"]), len(call.shape("self")))
-    if st.dims[d].spatial:
+    return _mixing(st, [st.dims[d]])
+
+
+def _mixing(st: State, dims: Sequence[Dim]) -> State:
+    """``st`` after values were mixed along ``dims``: inside blocks or across the image."""
+    windows = _windowed(dims)
+    if windows is None:
         return replace(st, mixed=True)
-    return st
+    return replace(st, windows=st.windows | windows) if windows else st
 
 
 def _matmul_rule(names: tuple[str, str], batched: bool) -> _Rule:
     def rule(call: _Call) -> State:
         a, b = (call.state(n) for n in names)
+        width = _plain(call.out_shape[-1])
         if a is not None and b is not None:  # both from the image: attention, positions mix
-            if not a.is_global and any(d.spatial for d in a.dims[:-1]):
-                return State((*a.dims[:-1], _plain(call.out_shape[-1])), mixed=True)
+            if a.is_global or b.is_global:
+                return _flat(call.out_shape, is_global=True)
+            if b.dims[-1].spatial and len(b.dims) > 1:  # positions are b's columns
+                width = b.dims[-1]
+            st = State((*a.dims[:-1], width))
+            if not any(d.spatial for d in st.dims):
+                return _flat(call.out_shape, is_global=True)
+            return _mixing(st, [a.dims[-1], b.dims[-2]])
+        if (a and a.is_global) or (b and b.is_global):
             return _flat(call.out_shape, is_global=True)
-        if (
-            (a and a.is_global)
-            or (b and b.is_global)
-            or (a and a.dims[-1].spatial)
-            or (b and b.dims[-2].spatial)
-        ):
+        # A product over a dim that holds positions: fully connected (global), unless the
+        # positions are those inside blocks (space-to-depth, patch merging).
+        inner = _windowed([a.dims[-1]] if a is not None else [b.dims[-2]] if b else [])
+        if inner is None:
             return _flat(call.out_shape, is_global=True)
         if a is not None:
-            return State((*a.dims[:-1], _plain(call.out_shape[-1])))
+            return State((*a.dims[:-1], width), windows=inner)
         assert b is not None
         lead = b.dims[:-2] if batched else ()
-        return State((*lead, _plain(call.out_shape[-2]), b.dims[-1]))
+        return State((*lead, _plain(call.out_shape[-2]), b.dims[-1]), windows=inner)
 
     return rule
 
@@ -543,13 +707,19 @@ def _rule_view(call: _Call) -> State:
                 raise _OpError("reshapes in a way that cannot be followed")
             piece = pieces[i]
             if total * piece.size > size:  # split this piece
-                if piece.spatial or size % total:
-                    raise _OpError("splits a spatial axis")
                 need = size // total
-                if piece.size % need:
+                if size % total or piece.size % need:
                     raise _OpError("reshapes in a way that cannot be followed")
-                taken.append(_plain(need))
-                pieces[i] = _plain(piece.size // need)
+                if piece.spatial:  # into blocks: outer and inner factors
+                    f = piece.factors[0]
+                    if piece.prefix or f.geom is None:
+                        raise _OpError("splits a token axis or a window")
+                    outer, inner = Split(str(f.axis), f.geom, need).factors(f.size)
+                    taken.append(Dim((outer,)))
+                    pieces[i] = Dim((inner,))
+                else:
+                    taken.append(_plain(need))
+                    pieces[i] = _plain(piece.size // need)
                 total *= need
                 break
             taken.append(piece)
@@ -566,7 +736,7 @@ def _rule_view(call: _Call) -> State:
         elif any(p.prefix for p in taken):
             raise _OpError("merges a token axis with another")
         else:
-            factors = tuple(f for p in taken for f in p.factors)
+            factors = _fuse([f for p in taken for f in p.factors], st.windows)
             dims.append(Dim(factors) if any(f.axis for f in factors) else _plain(size))
     if any(p.spatial for p in pieces[i:]):
         raise _OpError("reshapes in a way that cannot be followed")
@@ -640,7 +810,8 @@ def _rule_attention(call: _Call) -> State:
     """Fused attention: the output keeps the query's positions, each mixing all of them."""
     query = call.state("query")
     if query is not None and not query.is_global and tuple(call.shape("query")) == call.out_shape:
-        return replace(query, mixed=True)
+        key = call.state("key")
+        return _mixing(query, [query.dims[-2], *(key.dims[-2:] if key else ())])
     return _flat(call.out_shape, is_global=True)
 
 
@@ -1001,12 +1172,15 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
             return
         results = result if isinstance(result, list) else [result] + [None] * (len(outs) - 1)
         mixed = any(s is not None and s.mixed for s in states)
+        windows = frozenset().union(*(s.windows for s in states if s is not None))
         for o, st in zip(outs, results, strict=False):
             if st is None:
                 self.states.pop(o)
             else:
-                if mixed and not st.is_global and not st.mixed:
-                    st = replace(st, mixed=True)
+                if not st.is_global and (
+                    (mixed and not st.mixed) or not windows.issubset(st.windows)
+                ):
+                    st = replace(st, mixed=st.mixed or mixed, windows=st.windows | windows)
                 self.states[o] = st
                 self._check_size(o, st)
 
