@@ -10,7 +10,9 @@ torchvision resnet50 (random weights, seeded), layer ``layer4`` at 224x224, the 
   input, a forward of the backbone up to ``layer4``, ``autograd.grad`` of the unit, ``abs``,
   sum over channels, accumulate.
 
-Both use the same 32 inputs; the script checks that their maps agree. Methods run
+Both use the same 32 inputs; the script prints how far the maps are apart (float32 rounding:
+bit-identical when oneDNN picks the same algorithm for both batch sizes, about 1e-4 of the
+maximum when it does not). Methods run
 interleaved, round after round; medians and the ratio to the loop's median are printed. Then
 peak memory: each method in a fresh process, resident memory (``/proc/self/statm``) sampled
 every millisecond in a thread, minus the resident memory just before the call.
@@ -96,7 +98,8 @@ def bench(rounds: int, sizes: list[int]) -> dict[str, object]:
     runs = methods(net, sizes)
     maps = {name: fn() for name, fn in runs.items()}  # warm-up, and the correctness check
     reference = maps["per-sample loop"]
-    agree = all(torch.allclose(m, reference, rtol=1e-4, atol=1e-9) for m in maps.values())
+    scale = float(reference.abs().max())
+    deviation = max(float((m - reference).abs().max()) / scale for m in maps.values())
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
@@ -109,7 +112,7 @@ def bench(rounds: int, sizes: list[int]) -> dict[str, object]:
         "median_s": med,
         "all_s": times,
         "speedup_over_loop": {name: base / t for name, t in med.items()},
-        "maps_agree": agree,
+        "max_deviation": deviation,
     }
 
 
@@ -170,7 +173,7 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds")
     print(f"resnet50 {LAYER} unit {UNIT} at {SIZE}x{SIZE}, {SAMPLES} noise inputs")
-    print(f"maps agree with the per-sample loop: {speed['maps_agree']}")
+    print(f"largest difference from the loop's map: {speed['max_deviation']:.1e} of its maximum")
     med: dict[str, float] = speed["median_s"]  # type: ignore[assignment]
     ratio: dict[str, float] = speed["speedup_over_loop"]  # type: ignore[assignment]
     for name in med:

@@ -18,6 +18,7 @@ Run: ``uv run python docs/erf_figures.py [--out docs/images]``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def networks(out: Path) -> None:
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16()
     x, prep = hc.load_image(image_path(), vgg)
-    result = hc.erf(vgg, "features.22", prep.size, inputs=x)
+    result = dataclasses.replace(hc.erf(vgg, "features.22", prep.size, inputs=x), inputs="images")
     plot.save(plot.erf_on_image(result, prep.unnormalize(x[0])), out / "erf_on_image.png", dpi=110)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
@@ -811,6 +812,7 @@ def draw_rf(
     result = measure(
         net, layer, prep.size, unit=_unit(unit), inputs=x, samples=1, in_channels=prep.channels
     )
+    result = dataclasses.replace(result, inputs="images")
     plot.save(plot.erf_on_image(result, prep.unnormalize(x[0])), out)
     stdout.print(f"wrote {out}", highlight=False)
 

@@ -162,7 +162,7 @@ class ERF:
         layer: The layer, with its theoretical receptive field ``layer.rf``.
         unit: The unit ``(i, j)`` in the layer's grid.
         samples: Inputs averaged over.
-        inputs: ``"noise"``, ``"tensor"`` or ``"images"``.
+        inputs: What was averaged over: ``"noise"``, ``"tensor"`` or ``"images"``.
     """
 
     map: torch.Tensor = field(repr=False)

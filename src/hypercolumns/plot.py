@@ -362,10 +362,11 @@ def _limits(ax: Any, limits: tuple[float, float, float, float]) -> None:
 
 def _erf_title(erf: ERF) -> str:
     sy, sx = erf.std
+    n, s = erf.samples, "s" if erf.samples > 1 else ""
+    over = {"noise": f"{n} noise input{s}", "images": f"{n} image{s}"}.get(erf.inputs)
     return (
-        f"ERF of {erf.layer.name} unit ({erf.unit[0]},{erf.unit[1]}), {erf.samples} "
-        f"{erf.inputs} input{'s' if erf.samples > 1 else ''}\nstd {sy:.1f},{sx:.1f} px; "
-        f"95 % within \u00b1{erf.mass_radius[95]:g} px"
+        f"ERF of {erf.layer.name} unit ({erf.unit[0]},{erf.unit[1]}), {over or f'{n} input{s}'}"
+        f"\nstd {sy:.1f},{sx:.1f} px; 95 % within \u00b1{erf.mass_radius[95]:g} px"
     )
 
 
@@ -446,8 +447,9 @@ def erf_comparison(
 def erf_on_image(erf: ERF, image: torch.Tensor | np.ndarray[Any, Any]) -> Figure:
     """The ERF of a unit drawn over the image, with the unit's theoretical receptive field.
 
-    The ERF is an overlay whose opacity grows with the contribution; the marks are those of
-    :func:`erf_map`.
+    The ERF is an overlay whose colour and opacity grow with the contribution (saturating at
+    its 99.5th percentile, so that a few extreme pixels do not hide the rest); the marks are
+    those of :func:`erf_map`.
 
     Args:
         erf: An ERF measured on this image size.
@@ -462,8 +464,9 @@ def erf_on_image(erf: ERF, image: torch.Tensor | np.ndarray[Any, Any]) -> Figure
             f"{_shape(erf.input_size)} inputs"
         )
     h, w = erf.input_size
-    values = erf.map.numpy() / float(erf.map.max())
-    overlay = colormaps["inferno"](values)
+    m = erf.map.numpy()
+    values = np.clip(m / max(float(np.quantile(m, 0.995)), np.finfo(np.float64).tiny), 0, 1)
+    overlay = colormaps["hot"](values)
     overlay[..., 3] = 0.85 * np.sqrt(values)
     fig = Figure(figsize=(6.4, 5.8), layout="constrained")
     ax = fig.subplots()
