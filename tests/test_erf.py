@@ -161,6 +161,7 @@ def test_batched_equals_a_per_sample_loop() -> None:
     torch.testing.assert_close(e.map, one.map, rtol=1e-5, atol=1e-12)
     assert e.samples == 5
     assert e.inputs == "tensor"
+    assert e.inputs_text == "5 inputs"
 
 
 def test_noise_does_not_depend_on_the_batch_size_and_is_seeded() -> None:
@@ -211,6 +212,7 @@ def test_image_inputs_are_resized_to_the_input_size(tmp_path: Path) -> None:
     e = hc.erf(model, 3, (16, 12), inputs=paths, samples=2)
     assert e.samples == 2
     assert e.inputs == "images"
+    assert e.inputs_text == "2 images"
     x = torch.cat([hc.load_image(p, model, resize="16,12")[0] for p in paths[:2]])
     same = hc.erf(model, 3, (16, 12), inputs=x)
     torch.testing.assert_close(e.map, same.map, rtol=1e-6, atol=1e-12)
@@ -271,8 +273,10 @@ def test_errors(tmp_path: Path) -> None:
         hc.erf(model, 7, 16)
     with pytest.raises(HypercolumnsError, match=r"unit \(8, 0\) is outside .* grid is 8x8"):
         hc.erf(model, 3, 16, unit=(8, 0))
-    with pytest.raises(HypercolumnsError, match="unit must be 'center'"):
+    with pytest.raises(HypercolumnsError, match="unit must be 'center' or two integers"):
         hc.erf(model, 3, 16, unit="middle")  # type: ignore[arg-type]
+    with pytest.raises(HypercolumnsError, match=r"two integers \(i, j\), got \(1, 2, 3\)"):
+        hc.erf(model, 3, 16, unit=(1, 2, 3))
     with pytest.raises(InputSizeError, match="too small"):
         hc.erf(model, 3, 1)
     with pytest.raises(HypercolumnsError, match="samples must be a positive integer, got 0"):

@@ -630,7 +630,7 @@ def _erf_table(result: Any, model: str) -> None:
     h, w = result.input_size
     table = Table(
         title=f"ERF of {model} {result.layer.name} unit {tuple(result.unit)} at {h}x{w}, "
-        f"{result.samples} {result.inputs} input(s)",
+        f"{result.inputs_text}",
         header_style="bold",
     )
     table.add_column("statistic")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from torch import nn
 
 from hypercolumns.errors import HypercolumnsError, ImageError, InputSizeError, ModelError
 from hypercolumns.features import _first_tensor, _hooked, _Stop
+from hypercolumns.geometry import ReceptiveField
 from hypercolumns.layers import Layer, MapLayout, first_conv_channels, parse_size, select
 from hypercolumns.layers import layers as list_layers
 from hypercolumns.trace import evaluating
@@ -182,19 +184,28 @@ class ERF:
         return self.map * self.scale
 
     @property
+    def inputs_text(self) -> str:
+        """What was averaged over, in words: ``"32 noise inputs"``, ``"1 image"``..."""
+        n, s = self.samples, "s" if self.samples != 1 else ""
+        what = {"noise": f"noise input{s}", "images": f"image{s}"}.get(self.inputs, f"input{s}")
+        return f"{n} {what}"
+
+    @property
+    def rf(self) -> ReceptiveField:
+        """The layer's theoretical receptive field."""
+        assert self.layer.rf is not None  # erf() only measures layers of known geometry
+        return self.layer.rf
+
+    @property
     def rf_center(self) -> tuple[float, float]:
         """Input coordinate of the unit's centre (the theoretical receptive field's)."""
-        rf = self.layer.rf
-        assert rf is not None
-        return rf.unit_center(*self.unit)
+        return self.rf.unit_center(*self.unit)
 
     @property
     def rf_box(self) -> tuple[float, float, float, float]:
         """First and last input pixel ``(y0, x0, y1, x1)`` of the unit's theoretical receptive
         field, exact and *not* clipped: it may reach past the image (into the padding)."""
-        rf = self.layer.rf
-        assert rf is not None
-        return rf.unit_box(*self.unit)
+        return self.rf.unit_box(*self.unit)
 
     @property
     def rf_box_clipped(self) -> tuple[float, float, float, float]:
@@ -248,8 +259,7 @@ class ERF:
         Args:
             with_map: Include the map as nested lists (rows of ``W`` values).
         """
-        rf = self.layer.rf
-        assert rf is not None
+        rf = self.rf
         out: dict[str, Any] = {
             "layer": self.layer.name,
             "unit": list(self.unit),
@@ -298,19 +308,19 @@ def _spatial(layer: Layer) -> MapLayout:
 
 
 def _unit(spec: Unit, layer: Layer, layout: MapLayout) -> tuple[int, int]:
-    if isinstance(spec, str):
-        if spec != "center":
-            raise HypercolumnsError(f"unit must be 'center' or (y, x), got {spec!r}")
+    if isinstance(spec, str) and spec == "center":
         return center_unit(layer)
-    values = list(spec)
-    if len(values) != 2 or not all(isinstance(v, int) for v in values):
-        raise HypercolumnsError(f"unit must be 'center' or two integers (y, x), got {spec!r}")
-    i, j = values
+    try:
+        i, j = (operator.index(v) for v in spec)
+    except (TypeError, ValueError) as err:
+        raise HypercolumnsError(
+            f"unit must be 'center' or two integers (i, j), got {spec!r}"
+        ) from err
     h, w = layout.grid
     if not (0 <= i < h and 0 <= j < w):
         raise HypercolumnsError(
             f"unit ({i}, {j}) is outside layer {layer.name!r}, whose grid is {h}x{w} units "
-            f"(y in 0..{h - 1}, x in 0..{w - 1})"
+            f"(i in 0..{h - 1}, j in 0..{w - 1})"
         )
     return i, j
 
@@ -390,7 +400,7 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 def _unit_value(
-    model: nn.Module, module: nn.Module, layout: MapLayout, x: torch.Tensor, unit: tuple[int, int]
+    model: nn.Module, layer: Layer, layout: MapLayout, x: torch.Tensor, unit: tuple[int, int]
 ) -> torch.Tensor:
     """The unit's value summed over its channels and the batch, with its graph to ``x``."""
     captured: list[torch.Tensor] = []
@@ -404,10 +414,10 @@ def _unit_value(
 
         return hook
 
-    with _hooked({"layer": module}, make_hook), suppress(_Stop):
+    with _hooked({layer.name: model.get_submodule(layer.name)}, make_hook), suppress(_Stop):
         model(x)
     if not captured:
-        raise ModelError("the layer did not produce a tensor when the model ran")
+        raise ModelError(f"layer {layer.name!r} produced no tensor when the model ran")
     return layout.to_map(captured[0])[:, :, unit[0], unit[1]].sum()
 
 
@@ -479,13 +489,12 @@ def erf(
     where = _unit(unit, target, layout)
     kind, count, batches = _batches(inputs, model, size, channels, samples, seed, batch_size)
     dev, dtype = _device(model, device), _dtype(model)
-    module = model.get_submodule(target.name)
     total = torch.zeros(size, dtype=torch.float64)
     with evaluating(model), _frozen(model), torch.inference_mode(False), torch.enable_grad():
         done = 0
         for batch in batches:
             x = batch.to(dev, dtype).requires_grad_(True)
-            value = _unit_value(model, module, layout, x, where)
+            value = _unit_value(model, target, layout, x, where)
             if not value.requires_grad:
                 raise HypercolumnsError(
                     f"layer {target.name!r} does not depend on the input (no gradient reaches it)"

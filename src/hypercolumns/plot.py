@@ -362,11 +362,9 @@ def _limits(ax: Any, limits: tuple[float, float, float, float]) -> None:
 
 def _erf_title(erf: ERF) -> str:
     sy, sx = erf.std
-    n, s = erf.samples, "s" if erf.samples > 1 else ""
-    over = {"noise": f"{n} noise input{s}", "images": f"{n} image{s}"}.get(erf.inputs)
     return (
-        f"ERF of {erf.layer.name} unit ({erf.unit[0]},{erf.unit[1]}), {over or f'{n} input{s}'}"
-        f"\nstd {sy:.1f},{sx:.1f} px; 95 % within \u00b1{erf.mass_radius[95]:g} px"
+        f"ERF of {erf.layer.name} unit ({erf.unit[0]},{erf.unit[1]}), {erf.inputs_text}\n"
+        f"std {sy:.1f},{sx:.1f} px; 95 % within \u00b1{erf.mass_radius[95]:g} px"
     )
 
 
