@@ -5,6 +5,7 @@ feature maps of arbitrary layers, and hypercolumns (per-pixel stacks of layer ac
 """
 
 from hypercolumns._version import __version__
+from hypercolumns.erf import ERF, erf
 from hypercolumns.errors import (
     GeometryWarning,
     HypercolumnsError,
@@ -28,6 +29,7 @@ from hypercolumns.layers import Layer, layers, select
 from hypercolumns.models import load_model
 
 __all__ = [
+    "ERF",
     "PCA",
     "FeatureExtractor",
     "GeometryWarning",
@@ -43,6 +45,7 @@ __all__ = [
     "ReceptiveField",
     "WeightsError",
     "__version__",
+    "erf",
     "feature_maps",
     "fit_pca",
     "hypercolumns",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
@@ -508,6 +509,148 @@ def extract(
     stdout.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
 
 
+Layer1 = Annotated[
+    str,
+    typer.Option(
+        "--layer", "-l", metavar="L", help="One spatial layer: name or index.", show_default=False
+    ),
+]
+UnitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--unit",
+        "-u",
+        metavar="I,J",
+        help="Unit (row, column) in the layer's grid [default: the middle of the grid].",
+    ),
+]
+
+
+def _unit(text: str | None) -> Any:
+    return "center" if text is None else _cell(text)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files in ``folder`` (by extension, sorted by name)."""
+    from PIL import Image
+
+    if not folder.is_dir():
+        raise HypercolumnsError(f"--images {str(folder)!r} is not a folder")
+    known = {ext.lower() for ext in Image.registered_extensions()}
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in known)
+    if not files:
+        raise HypercolumnsError(
+            f"--images {str(folder)!r} holds no image files (by extension: .jpg, .png, ...)"
+        )
+    return files
+
+
+def _check_figure(out: Path | None) -> None:
+    from hypercolumns import plot
+
+    if out is not None and out.suffix.lower() not in plot.FORMATS:
+        raise HypercolumnsError(
+            f"cannot write a figure to {str(out)!r}: use a {', '.join(plot.FORMATS)} file name"
+        )
+
+
+@app.command()
+def erf(
+    model: ModelArg,
+    layer: Layer1,
+    input_size: InputSize,
+    in_channels: InChannels = None,
+    unit: UnitOpt = None,
+    samples: Annotated[
+        int, typer.Option("--samples", "-n", help="Inputs to average over (noise or images).")
+    ] = 32,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Inputs per forward/backward pass.")
+    ] = 8,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            metavar="DIR",
+            help="Average over the images in DIR (the first --samples, by name, resized to "
+            "--input-size) [default: standard normal noise in the model's normalised space].",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the noise.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FIG",
+            help="Also draw the ERF heat map with the theoretical box (.png, .pdf or .svg).",
+        ),
+    ] = None,
+    fmt: FormatOpt = Format.table,
+    model_kwargs: ModelKwargs = None,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+) -> None:
+    """Measure the effective receptive field (ERF) of one unit of a layer.
+
+    The ERF is the mean absolute input gradient of the unit (summed over its channels) over
+    --samples inputs, normalised to sum 1; the model runs in eval mode with its weights as
+    given. Prints, in input pixels: the theoretical rf of the unit, the ERF's centroid and
+    std per axis, the half-width of the smallest square around the unit's centre holding
+    20..99 % of the ERF, RepLKNet's high-contribution area ratio, and the 95 % square's side
+    over the rf size. See docs/erf.md for the exact definitions.
+
+    Example: hypercolumns erf torchvision:resnet50 --layer layer3 --input-size 224 --out erf.png
+    """
+    from hypercolumns import plot
+    from hypercolumns.erf import erf as measure
+
+    _check_figure(out)
+    inputs: Any = "noise" if images is None else _image_files(images)
+    net = load(model, model_kwargs, weights, pretrained)
+    total = samples if images is None else min(samples, len(inputs))
+    with _progress(total, "ERF samples") as bar:
+        task = bar.add_task("", total=total) if bar is not None else None
+        result = measure(
+            net, layer, input_size, unit=_unit(unit), inputs=inputs, samples=samples,
+            batch_size=batch_size, in_channels=in_channels, seed=seed,
+            progress=None if bar is None else lambda done, _: bar.update(task, completed=done),
+        )  # fmt: skip
+    if out is not None:
+        plot.save(plot.erf_map(result), out)
+    if fmt is Format.json:
+        print(json.dumps(result.to_dict()))
+        return
+    _erf_table(result, model)
+    if out is not None:
+        stdout.print(f"wrote {out}", highlight=False)
+
+
+def _erf_table(result: Any, model: str) -> None:
+    h, w = result.input_size
+    table = Table(
+        title=f"ERF of {model} {result.layer.name} unit {tuple(result.unit)} at {h}x{w}, "
+        f"{result.inputs_text}",
+        header_style="bold",
+    )
+    table.add_column("statistic")
+    table.add_column("y,x (input pixels)", justify="right")
+    y0, x0, y1, x1 = result.rf_box
+    rows = [
+        ("theoretical rf size", _pair(result.rf_size)),
+        ("rf centre", _pair(result.rf_center)),
+        ("rf box (y0,x0 .. y1,x1)", f"{_fmt(y0)},{_fmt(x0)} .. {_fmt(y1)},{_fmt(x1)}"),
+        ("ERF centroid", _pair(round(v, 2) for v in result.centroid)),
+        ("ERF std", _pair(round(v, 2) for v in result.std)),
+        *((f"{t} % of mass within \u00b1", _fmt(r)) for t, r in result.mass_radius.items()),
+        *((f"area ratio {t} % (RepLKNet)", f"{a:.4f}") for t, a in result.area_ratio.items()),
+        ("95 % square side / rf size", _pair(round(v, 3) for v in result.erf_to_rf)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    stdout.print(table)
+
+
 @app.command()
 def show(
     model: ModelArg,
@@ -631,6 +774,47 @@ draw_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(draw_app)
+
+
+@draw_app.command("rf")
+def draw_rf(
+    model: ModelArg,
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file.", show_default=False)],
+    layer: Layer1,
+    unit: UnitOpt = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="FIG", help="Figure file: .png, .pdf or .svg.")
+    ] = Path("rf.png"),
+    resize: Resize = None,
+    crop: Crop = None,
+    in_channels: InChannels = None,
+    model_kwargs: ModelKwargs = None,
+    weights: Weights = None,
+    pretrained: Pretrained = False,
+) -> None:
+    """Draw a unit's theoretical receptive field and its effective receptive field (ERF)
+    over the image.
+
+    The ERF here is that of this one image: the absolute gradient of the unit (summed over
+    its channels) with respect to the image, as a heat overlay; the box is the exact
+    theoretical receptive field (it may reach past the image: padding). The image is
+    preprocessed as for extract.
+
+    Example: hypercolumns draw rf torchvision:vgg16 cat.jpg --layer 22 --out rf.png
+    """
+    from hypercolumns import plot
+    from hypercolumns.erf import erf as measure
+    from hypercolumns.images import load_image
+
+    _check_figure(out)
+    net = load(model, model_kwargs, weights, pretrained)
+    x, prep = load_image(image, net, channels=in_channels, resize=resize, crop=crop)
+    result = measure(
+        net, layer, prep.size, unit=_unit(unit), inputs=x, samples=1, in_channels=prep.channels
+    )
+    result = dataclasses.replace(result, inputs="images")
+    plot.save(plot.erf_on_image(result, prep.unnormalize(x[0])), out)
+    stdout.print(f"wrote {out}", highlight=False)
 
 
 @draw_app.command("conv")

@@ -1,4 +1,4 @@
-"""Figures: feature maps, channel grids, mean hypercolumn activation, receptive fields.
+"""Figures: feature maps, channel grids, mean hypercolumn activation, receptive fields, ERFs.
 
 Every function returns a :class:`matplotlib.figure.Figure` built directly (no ``pyplot``, so
 no global figure state and no GUI backend); :func:`save` writes it as PNG, PDF or SVG by the
@@ -22,12 +22,16 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from hypercolumns.erf import ERF
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.layers import Layer
 
 __all__ = [
     "FORMATS",
     "channel_grid",
+    "erf_comparison",
+    "erf_map",
+    "erf_on_image",
     "feature_map",
     "layer_summary",
     "mean_hypercolumn",
@@ -323,3 +327,149 @@ def save(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _erf_marks(ax: Any, erf: ERF) -> tuple[float, float, float, float]:
+    """Draw the unit's theoretical box, its centre, the ERF's centroid and its 95 % square;
+    return the limits ``(y0, x0, y1, x1)`` that show the image and the box."""
+    y0, x0, y1, x1 = erf.rf_box
+    ry, rx = erf.rf_size
+    ax.add_patch(
+        Rectangle((x0 - 0.5, y0 - 0.5), rx, ry, fill=False, lw=1.8, edgecolor="C3",
+                  label=f"theoretical rf {ry:g}\u00d7{rx:g}")
+    )  # fmt: skip
+    r = erf.mass_radius[95]
+    cy, cx = erf.rf_center
+    ax.add_patch(
+        Rectangle((cx - r - 0.5, cy - r - 0.5), 2 * r + 1, 2 * r + 1, fill=False, lw=1.2,
+                  linestyle="--", edgecolor="C1", label=f"95 % of the ERF (side {2 * r + 1:g})")
+    )  # fmt: skip
+    ax.plot([cx], [cy], marker="+", color="C3", markersize=10, linestyle="none",
+            label="unit centre")  # fmt: skip
+    ax.plot([erf.centroid[1]], [erf.centroid[0]], marker="x", color="C1", markersize=7,
+            linestyle="none", label="ERF centroid")  # fmt: skip
+    h, w = erf.input_size
+    return (min(-0.5, y0 - 0.5), min(-0.5, x0 - 0.5), max(h - 0.5, y1 + 0.5),
+            max(w - 0.5, x1 + 0.5))  # fmt: skip
+
+
+def _limits(ax: Any, limits: tuple[float, float, float, float]) -> None:
+    y0, x0, y1, x1 = limits
+    pad = 0.02 * max(y1 - y0, x1 - x0)
+    ax.set_xlim(x0 - pad, x1 + pad)
+    ax.set_ylim(y1 + pad, y0 - pad)
+
+
+def _erf_title(erf: ERF) -> str:
+    sy, sx = erf.std
+    return (
+        f"ERF of {erf.layer.name} unit ({erf.unit[0]},{erf.unit[1]}), {erf.inputs_text}\n"
+        f"std {sy:.1f},{sx:.1f} px; 95 % within \u00b1{erf.mass_radius[95]:g} px"
+    )
+
+
+def erf_map(erf: ERF, *, log: bool = False) -> Figure:
+    """The ERF as a heat map over the input, with the unit's theoretical receptive field.
+
+    Marks: the theoretical box (exact, unclipped: it may reach past the image into the
+    padding), the unit's centre (+), the ERF's centroid (x) and the smallest square around the
+    centre holding 95 % of the ERF (dashed).
+
+    Args:
+        erf: A measured ERF (:func:`hypercolumns.erf.erf`).
+        log: Colour by ``log10`` of the map (small contributions become visible).
+    """
+    h, w = erf.input_size
+    values = erf.map.numpy()
+    label = "share of the gradient mass"
+    if log:
+        values = np.log10(np.maximum(values, values[values > 0].min()))
+        label = f"log10 {label}"
+    fig = Figure(figsize=(6.4, 5.8), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(values, cmap=_CMAP, interpolation="nearest",
+                   extent=(-0.5, w - 0.5, h - 0.5, -0.5))  # fmt: skip
+    ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, lw=0.8, edgecolor="0.5"))
+    _limits(ax, _erf_marks(ax, erf))
+    ax.set_title(_erf_title(erf))
+    ax.set_xlabel("x (input pixels)")
+    ax.set_ylabel("y (input pixels)")
+    fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, frameon=False, ncols=2)
+    return fig
+
+
+def erf_comparison(
+    erfs: Sequence[ERF],
+    titles: Sequence[str] | None = None,
+    *,
+    rescale: str = "max",
+) -> Figure:
+    """Several ERFs side by side on one colour scale (several models, depths, or random
+    against given weights, as in RepLKNet's figure), each with its theoretical box.
+
+    Args:
+        erfs: Measured ERFs (input sizes may differ).
+        titles: One title per ERF; by default the layer names.
+        rescale: ``"max"``: each map over its maximum; ``"log"``: RepLKNet's
+            ``log10(raw + 1)`` of the raw gradients, over its maximum.
+    """
+    if not erfs:
+        raise HypercolumnsError("no ERFs to compare")
+    if titles is not None and len(titles) != len(erfs):
+        raise HypercolumnsError(f"got {len(titles)} titles for {len(erfs)} ERFs")
+    if rescale not in ("max", "log"):
+        raise HypercolumnsError(f"rescale must be 'max' or 'log', got {rescale!r}")
+    n = len(erfs)
+    fig = Figure(figsize=(3.6 * n + 1.0, 4.2), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    im = None
+    for k, (ax, e) in enumerate(zip(axes, erfs, strict=True)):
+        values = (np.log10(e.raw.numpy() + 1) if rescale == "log" else e.map.numpy()).copy()
+        values /= max(values.max(), np.finfo(np.float64).tiny)
+        h, w = e.input_size
+        im = ax.imshow(values, cmap=_CMAP, vmin=0, vmax=1, interpolation="nearest",
+                       extent=(-0.5, w - 0.5, h - 0.5, -0.5))  # fmt: skip
+        _limits(ax, _erf_marks(ax, e))
+        sy, sx = e.std
+        name = titles[k] if titles is not None else f"{e.layer.name} ({e.unit[0]},{e.unit[1]})"
+        ax.set_title(f"{name}\nstd {sy:.1f},{sx:.1f}; rf {_shape(e.rf_size)}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    assert im is not None
+    how = "log10(gradient + 1) / max" if rescale == "log" else "ERF / max"
+    fig.colorbar(im, ax=axes, shrink=0.8, label=how)
+    return fig
+
+
+def erf_on_image(erf: ERF, image: torch.Tensor | np.ndarray[Any, Any]) -> Figure:
+    """The ERF of a unit drawn over the image, with the unit's theoretical receptive field.
+
+    The ERF is an overlay whose colour and opacity grow with the contribution (saturating at
+    its 99.5th percentile, so that a few extreme pixels do not hide the rest); the marks are
+    those of :func:`erf_map`.
+
+    Args:
+        erf: An ERF measured on this image size.
+        image: The input image ``(C, H, W)`` in ``[0, 1]``.
+    """
+    from matplotlib import colormaps
+
+    img = _image(image)
+    if tuple(img.shape[:2]) != erf.input_size:
+        raise HypercolumnsError(
+            f"the image is {_shape(img.shape[:2])} but the ERF was measured on "
+            f"{_shape(erf.input_size)} inputs"
+        )
+    h, w = erf.input_size
+    m = erf.map.numpy()
+    values = np.clip(m / max(float(np.quantile(m, 0.995)), np.finfo(np.float64).tiny), 0, 1)
+    overlay = colormaps["hot"](values)
+    overlay[..., 3] = 0.85 * np.sqrt(values)
+    fig = Figure(figsize=(6.4, 5.8), layout="constrained")
+    ax = fig.subplots()
+    _show_image(ax, img, _erf_title(erf))
+    ax.imshow(overlay, interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    _limits(ax, _erf_marks(ax, erf))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, frameon=False, ncols=2)
+    return fig
