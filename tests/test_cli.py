@@ -267,7 +267,7 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, stdout, err = run(["demo", "--out", str(out)], capsys)
     assert code == 0, err
     names = {"feature_map.png", "grid.png", "mean_hypercolumn.png", "receptive_fields.png",
-             "layer_summary.png", "summary.json"}  # fmt: skip
+             "growth.png", "erf_on_image.png", "conv_transposed.png", "summary.json"}  # fmt: skip
     assert {p.name for p in out.iterdir()} == names
     summary = json.loads((out / "summary.json").read_text())
     assert summary["hypercolumns"]["shape"] == [1, 192, 224, 224]

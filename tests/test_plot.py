@@ -83,12 +83,6 @@ def test_receptive_fields_draws_one_box_per_layer(tmp_path: Path) -> None:
     assert (tmp_path / "rf.svg").read_text().lstrip().startswith("<?xml")
 
 
-def test_layer_summary(tmp_path: Path) -> None:
-    fig = plot.layer_summary(layers(tiny(), (16, 16)))
-    assert len(fig.axes) == 2
-    assert plot.save(fig, tmp_path / "s.png").stat().st_size > 1000
-
-
 def test_errors_and_no_half_written_files(tmp_path: Path) -> None:
     fig = plot.feature_map(_gradient_maps(), 0)
     with pytest.raises(HypercolumnsError, match=r"\.png, \.pdf, \.svg"):

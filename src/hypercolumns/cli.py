@@ -959,7 +959,9 @@ def demo(
 
     Writes feature_map.png (a channel of layer 3), grid.png (16 channels of layer 3),
     mean_hypercolumn.png (layers 3 and 8, 192 channels), receptive_fields.png (layers
-    3, 8, 15, 22, 29) and layer_summary.png, plus summary.json, and prints the layers.
+    3, 8, 15, 22, 29), growth.png (receptive field and stride per layer), erf_on_image.png
+    (effective receptive field of layer 22 on the photo) and conv_transposed.png (a transposed
+    convolution's connections), plus summary.json, and prints the layers.
     Uses ImageNet weights when they are already in the torch hub cache, else random
     weights (seeded) with a note.
     """

@@ -29,6 +29,7 @@ IMAGE = "astronaut.jpg"
 HYPERCOLUMN_LAYERS = (3, 8)
 RF_LAYERS = (3, 8, 15, 22, 29)
 FEATURE_LAYER = 3
+ERF_LAYER = 22
 
 
 def image_path() -> Path:
@@ -74,9 +75,13 @@ def run(
 
     Figures: ``feature_map.png`` (one channel of layer 3), ``grid.png`` (16 channels of layer
     3), ``mean_hypercolumn.png`` (layers 3 and 8, beside the image), ``receptive_fields.png``
-    (centre units of layers 3, 8, 15, 22, 29) and ``layer_summary.png``.
+    (centre units of layers 3, 8, 15, 22, 29), ``growth.png`` (receptive field and stride
+    along the network), ``erf_on_image.png`` (the effective receptive field of the centre unit
+    of layer 22 on the image, with its theoretical box) and ``conv_transposed.png`` (which input
+    cells feed each output cell of a stride-2 transposed convolution).
     """
-    from hypercolumns import plot
+    from hypercolumns import draw, plot
+    from hypercolumns.erf import erf
     from hypercolumns.features import feature_maps
     from hypercolumns.hypercolumns import hypercolumns
     from hypercolumns.images import load_image
@@ -100,7 +105,13 @@ def run(
         "grid.png": plot.channel_grid(maps, 16, layer=feat_layer),
         "mean_hypercolumn.png": plot.mean_hypercolumn(hc.features, image, layers=hc_layers),
         "receptive_fields.png": plot.receptive_fields(image, rf_layers),
-        "layer_summary.png": plot.layer_summary(found, title=f"{MODEL} at {prep.size[0]}"),
+        "growth.png": draw.growth(found, prep.size, model=model, title=f"{MODEL}"),
+        "erf_on_image.png": plot.erf_on_image(
+            erf(model, select(found, ERF_LAYER)[0].name, prep.size, inputs=x), image
+        ),
+        "conv_transposed.png": draw.conv_diagram(
+            draw.ConvSpec(3, stride=2, padding=1, transposed=True, output_padding=1), 3
+        ),
     }
     for name, fig in figures.items():
         plot.save(fig, out / name)

@@ -33,7 +33,6 @@ __all__ = [
     "erf_map",
     "erf_on_image",
     "feature_map",
-    "layer_summary",
     "mean_hypercolumn",
     "receptive_fields",
     "save",
@@ -272,33 +271,6 @@ def receptive_fields(
     ax.set_ylim(hi_y + pad, lo_y - pad)
     if layers:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
-    return fig
-
-
-def layer_summary(layers: Sequence[Layer], *, title: str = "") -> Figure:
-    """Receptive-field size and stride of every spatial leaf layer, by layer index."""
-    spatial = [
-        layer
-        for layer in layers
-        if layer.index is not None and layer.rf is not None and not layer.rf.is_global
-    ]
-    if not spatial:
-        raise HypercolumnsError("no spatial layer with a known receptive field to summarise")
-    idx = [layer.index for layer in spatial]
-    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
-    ax_rf, ax_s = fig.subplots(1, 2)
-    for ax, values, label in (
-        (ax_rf, [layer.rf.size for layer in spatial if layer.rf], "receptive field (pixels)"),
-        (ax_s, [layer.rf.stride for layer in spatial if layer.rf], "stride (pixels)"),
-    ):
-        ax.step(idx, [v[0] for v in values], where="post", label="y")
-        ax.step(idx, [v[1] for v in values], where="post", label="x", linestyle="--")
-        ax.set_yscale("log", base=2)
-        ax.set_xlabel("layer index")
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title or f"receptive field and stride of {len(spatial)} spatial layers")
     return fig
 
 

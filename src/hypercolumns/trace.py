@@ -1307,7 +1307,7 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
             return
         results = result if isinstance(result, list) else [result] + [None] * (len(outs) - 1)
         mixed = any(s is not None and s.mixed for s in states)
-        windows = frozenset().union(*(s.windows for s in states if s is not None))
+        windows = frozenset().union(*(s.windows for s in states if s is not None and s.windows))
         for o, st in zip(outs, results, strict=False):
             if st is None:
                 self.states.pop(o)
