@@ -12,6 +12,7 @@ from hypercolumns.errors import (
     InputSizeError,
     LayerNotFoundError,
     ModelError,
+    StoreError,
     WeightsError,
 )
 from hypercolumns.features import FeatureExtractor, feature_maps
@@ -26,6 +27,7 @@ from hypercolumns.hypercolumns import (
 from hypercolumns.images import Preprocessing, load_image
 from hypercolumns.layers import Layer, layers, select
 from hypercolumns.models import load_model
+from hypercolumns.store import open_store
 
 __all__ = [
     "PCA",
@@ -41,6 +43,7 @@ __all__ = [
     "ModelError",
     "Preprocessing",
     "ReceptiveField",
+    "StoreError",
     "WeightsError",
     "__version__",
     "feature_maps",
@@ -49,5 +52,6 @@ __all__ = [
     "layers",
     "load_image",
     "load_model",
+    "open_store",
     "select",
 ]
