@@ -173,8 +173,10 @@ class BandedHypercolumns:
         return working_set(self.whole, rows, halo=self.reach + self.step)
 
     def rows_for(self, budget: int, quantum: int = 1) -> int:
-        """The most output rows per band (a multiple of ``quantum``, at least one quantum)
-        whose working set fits ``budget`` bytes."""
+        """The most output rows per band (a multiple of ``quantum`` and of the total stride,
+        so that inner bands share one slab height, at least one such multiple) whose working
+        set fits ``budget`` bytes."""
+        quantum = math.lcm(quantum, self.step)
         rows = quantum
         while rows + quantum <= self.input_size[0] and self.working_set(rows + quantum) <= budget:
             rows += quantum

@@ -495,7 +495,7 @@ def extract(
             f"{', '.join(store_only)} apply to stores (--out NAME.zarr or NAME.parquet), not to "
             f"a single {out.suffix or 'file'} output"
         )
-    sources = expand_inputs(inputs)
+    sources = expand_inputs(inputs, check_keys=False)  # entries are keyed by file stem
     if any(s.mask is not None for s in sources):
         raise HypercolumnsError(
             "masks stratify the points of a store: write --out NAME.parquet with --points N"

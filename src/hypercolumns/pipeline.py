@@ -179,14 +179,15 @@ def _read_list(listing: Path) -> list[tuple[Path, str, Path | None]]:
     return out
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Source]:
+def expand_inputs(inputs: Iterable[str | Path], *, check_keys: bool = True) -> list[Source]:
     """The images named by ``inputs``, each with its key.
 
     Each input is an image file; a folder (searched recursively for image extensions, hidden
     files skipped); a glob pattern (``"data/**/*.png"``); or a ``.txt`` list (one path per line,
     ``#`` comments) or ``.csv`` list (a header with ``path`` and optionally ``mask``, the label
     image that stratifies sparse points). Paths in lists are relative to the list's folder.
-    An image named twice is kept once.
+    An image named twice is kept once. ``check_keys=False`` skips the checks of keys (for
+    outputs that do not use them).
 
     Raises:
         HypercolumnsError: An input does not exist or matches nothing, or two images would get
@@ -228,6 +229,9 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Source]:
             if real in seen:
                 continue
             seen.add(real)
+            sources.append(Source(key, p, mask))
+            if not check_keys:
+                continue
             try:
                 check_key(key)
             except StoreError as err:
@@ -239,7 +243,6 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Source]:
                     "their common folder instead, or rename one"
                 )
             keys[key] = p
-            sources.append(Source(key, p, mask))
     if not sources:
         raise HypercolumnsError("no input images given")
     return sources
@@ -622,9 +625,13 @@ class Extraction:
         return self._bands[size]
 
     def fits(self, item: Decoded) -> bool:
-        """Whether ``item`` can be computed whole within the memory budget."""
+        """Whether ``item`` can be computed whole within the memory budget (also true when it
+        cannot be computed at all: :meth:`__call__` then says why)."""
         assert item.image is not None
-        ext = self._plan((item.image.shape[1], item.image.shape[2]))
+        try:
+            ext = self._plan((item.image.shape[1], item.image.shape[2]))
+        except HypercolumnsError:
+            return True
         return self._cost(ext, item) <= self.max_memory
 
     def _cost(self, ext: HypercolumnExtractor, item: Decoded) -> int:
@@ -707,7 +714,11 @@ class Extraction:
         for items in groups.values():
             first = items[0].image
             assert first is not None
-            cost = self._cost(self._plan((first.shape[1], first.shape[2])), items[0])
+            try:
+                cost = self._cost(self._plan((first.shape[1], first.shape[2])), items[0])
+            except HypercolumnsError as err:  # e.g. too small for the model
+                out.update((item.source.key, self._failure(item, _reason(err))) for item in items)
+                continue
             if self.settings.points is not None and cost > self.max_memory:
                 for item in items:
                     out[item.source.key] = self._guarded([item], bands=True)[0]
