@@ -482,7 +482,7 @@ def weights_digest(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -833,6 +833,7 @@ def run(
     band_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     writer_options: Mapping[str, Any] | None = None,
+    model: nn.Module | None = None,
 ) -> RunSummary:
     """Hypercolumns of every input image into the store ``out``; resumable.
 
@@ -853,6 +854,8 @@ def run(
         band_rows: Output rows per band for images computed in bands.
         progress: Called as ``progress(processed, total)`` with this run's images.
         writer_options: Options of the store writer (e.g. ``part_images`` for Parquet).
+        model: An already built model to use instead of building ``settings.model`` (which
+            then only names it); the store records the digest of its weights either way.
 
     Returns:
         A :class:`RunSummary`.
@@ -875,7 +878,9 @@ def run(
         raise HypercolumnsError("give a mask for every image or for none")
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    extraction = Extraction(settings, device=device, max_memory=max_memory, band_rows=band_rows)
+    extraction = Extraction(
+        settings, device=device, max_memory=max_memory, band_rows=band_rows, model=model
+    )
     config = extraction.config(labels=with_masks == {True})
     writer = open_writer(out, config, overwrite=overwrite, **dict(writer_options or {}))
     todo = [s for s in sources if s.key not in writer.done]
