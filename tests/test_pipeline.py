@@ -139,6 +139,10 @@ def test_batches_group_by_size_and_bound_what_waits() -> None:
     sizes = [item(str(i), h) for i, h in enumerate([1, 1, 2, 3, 1])]
     keys = [[d.source.key for d in b] for b in batches(sizes, 3, hold=1)]
     assert keys == [["0", "1"], ["2"], ["3"], ["4"]]
+    # and at most max_bytes of images (each of these holds 3 * h * 4 float32 values)
+    sized = [item("a", 1), item("b", 2), item("c", 1)]
+    keys = [[d.source.key for d in b] for b in batches(sized, 8, max_bytes=150)]
+    assert keys == [["a", "c"], ["b"]]
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -309,6 +313,8 @@ def test_another_configuration_is_refused_unless_overwritten(
         (["-o", "x.parquet"], "holds sparse hypercolumns: give points"),
         (["-o", "x.zarr", "--points", "5"], "holds dense hypercolumns"),
         (["-o", "x.parquet", "--points", "pts.csv"], "a file of points"),
+        (["-o", "x.parquet", "--points", "0"], "points must be a positive count"),
+        (["-o", "x.parquet", "--points", "3", "--size", "8,8"], "size sets the grid"),
         (
             ["-o", "x.npy", "--workers", "2", "--overwrite"],
             "--workers, --overwrite apply to stores",

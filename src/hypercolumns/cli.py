@@ -688,8 +688,6 @@ def _extract_store(
         if not isinstance(kwargs, dict):
             raise typer.BadParameter("expected a JSON object", param_hint="--model-kwargs")
     n_points = None if points is None else int(points)
-    if n_points == 0:
-        raise HypercolumnsError("--points must be a positive number of pixels to sample")
     mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std")
     settings = Settings(
         model=model, layers=layers_spec, model_kwargs=kwargs,

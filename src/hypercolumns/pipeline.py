@@ -76,25 +76,8 @@ __all__ = [
     "run",
 ]
 
-IMAGE_SUFFIXES = frozenset(
-    [
-        ".jpg",
-        ".jpeg",
-        ".png",
-        ".bmp",
-        ".gif",
-        ".tif",
-        ".tiff",
-        ".webp",
-        ".ppm",
-        ".pgm",
-        ".pbm",
-        ".pnm",
-        ".tga",
-        ".jp2",
-        ".j2k",
-    ]
-)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                            ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k"})  # fmt: skip
 DEFAULT_MAX_MEMORY = 1 << 30
 _BAND_QUANTUM = 16  # band rows are a multiple of this (and chunks follow the bands)
 _PLANS = 8  # extractors kept for different image sizes
@@ -131,9 +114,13 @@ def _images_under(folder: Path) -> list[Path]:
     return found
 
 
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
 def _glob_base(pattern: str) -> Path:
     parts = Path(pattern).parts
-    fixed = list(parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))])
+    fixed = list(parts[: next(i for i, p in enumerate(parts) if _is_pattern(p))])
     return Path(*fixed) if fixed else Path()
 
 
@@ -209,7 +196,7 @@ def expand_inputs(inputs: Iterable[str | Path], *, check_keys: bool = True) -> l
         elif path.is_file():
             found = [(path, path.name, None)]
             what = ""
-        elif glob.has_magic(text):
+        elif _is_pattern(text):
             base = _glob_base(text)
             found = [
                 (Path(p), Path(p).relative_to(base).as_posix(), None)
@@ -288,6 +275,19 @@ class Settings:
     crop: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float16"):
+            raise HypercolumnsError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if self.align not in ("rf", "half-pixel"):
+            raise HypercolumnsError(f"align must be 'rf' or 'half-pixel', got {self.align!r}")
+        if self.points is not None and (isinstance(self.points, bool) or self.points < 1):
+            raise HypercolumnsError(f"points must be a positive count, got {self.points!r}")
+        if self.points is not None and self.size is not None:
+            raise HypercolumnsError(
+                "size sets the grid of dense hypercolumns; sparse points are input pixels, so "
+                "give one or the other"
+            )
 
     @property
     def kind(self) -> Kind:
@@ -424,31 +424,38 @@ def decoded(sources: Sequence[Source], options: DecodeOptions, workers: int) -> 
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep,
-        prefetch_factor=4,
+        prefetch_factor=2,
     )
     yield from loader
 
 
-def batches(items: Iterable[Decoded], batch_size: int, *, hold: int = 4) -> Iterator[list[Decoded]]:
-    """Group decoded images into batches of one size; at most ``hold * batch_size`` images wait
-    for their batch to fill (then the fullest goes as it is). Failed images come alone."""
+def batches(
+    items: Iterable[Decoded], batch_size: int, *, hold: int = 4, max_bytes: int | None = None
+) -> Iterator[list[Decoded]]:
+    """Group decoded images into batches of one size. At most ``hold * batch_size`` images, and
+    ``max_bytes`` of them, wait for their batch to fill; beyond, the fullest batch goes as it
+    is. Failed images come alone."""
     buckets: dict[tuple[int, ...], list[Decoded]] = {}
-    waiting = 0
+    limit = math.inf if max_bytes is None else max_bytes
+    waiting = waiting_bytes = 0
     for item in items:
         if item.image is None:
             yield [item]
             continue
         shape = tuple(item.image.shape)
-        bucket = buckets.setdefault(shape, [])
-        bucket.append(item)
+        buckets.setdefault(shape, []).append(item)
         waiting += 1
-        if len(bucket) >= batch_size:
-            waiting -= len(bucket)
-            yield buckets.pop(shape)
-        elif waiting >= hold * batch_size:
-            fullest = max(buckets, key=lambda s: len(buckets[s]))
-            waiting -= len(buckets[fullest])
-            yield buckets.pop(fullest)
+        waiting_bytes += item.image.nbytes
+        while buckets and (
+            len(buckets.get(shape, ())) >= batch_size
+            or waiting >= hold * batch_size
+            or waiting_bytes >= limit
+        ):
+            full = shape if len(buckets.get(shape, ())) >= batch_size else None
+            done = buckets.pop(full or max(buckets, key=lambda s: len(buckets[s])))
+            waiting -= len(done)
+            waiting_bytes -= sum(d.image.nbytes for d in done if d.image is not None)
+            yield done
     yield from buckets.values()
 
 
@@ -891,7 +898,8 @@ def run(
         progress(0, len(todo))
     try:
         with writer:
-            for batch in batches(decoded(todo, extraction.decode_options, workers), batch_size):
+            items = decoded(todo, extraction.decode_options, workers)
+            for batch in batches(items, batch_size, max_bytes=extraction.max_memory // 2):
                 whole = [
                     d for d in batch if d.image is None or kind == "sparse" or extraction.fits(d)
                 ]
