@@ -13,6 +13,7 @@ from hypercolumns.errors import (
     InputSizeError,
     LayerNotFoundError,
     ModelError,
+    StoreError,
     WeightsError,
 )
 from hypercolumns.features import FeatureExtractor, feature_maps
@@ -27,6 +28,7 @@ from hypercolumns.hypercolumns import (
 from hypercolumns.images import Preprocessing, load_image
 from hypercolumns.layers import Layer, layers, select
 from hypercolumns.models import load_model
+from hypercolumns.store import open_store
 
 __all__ = [
     "ERF",
@@ -43,6 +45,7 @@ __all__ = [
     "ModelError",
     "Preprocessing",
     "ReceptiveField",
+    "StoreError",
     "WeightsError",
     "__version__",
     "erf",
@@ -52,5 +55,6 @@ __all__ = [
     "layers",
     "load_image",
     "load_model",
+    "open_store",
     "select",
 ]

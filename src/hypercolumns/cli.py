@@ -12,7 +12,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import ProgressColumn, Task
 from rich.table import Table
+from rich.text import Text
 
 from hypercolumns._version import __version__
 from hypercolumns.errors import HypercolumnsError
@@ -327,10 +329,14 @@ def _progress(total: int, label: str) -> Any:
 @app.command()
 def extract(
     model: ModelArg,
-    images: Annotated[
-        list[Path],
+    inputs: Annotated[
+        list[str],
         typer.Argument(
-            metavar="IMAGE...", help="Image files (any format Pillow reads).", show_default=False
+            metavar="INPUTS...",
+            help="Image files (any format Pillow reads), folders (searched recursively), glob "
+            "patterns ('data/**/*.png'), or .txt/.csv lists of paths (.csv: a 'path' column "
+            "and optionally 'mask', label images that stratify --points).",
+            show_default=False,
         ),
     ],
     layers_spec: Annotated[
@@ -349,7 +355,9 @@ def extract(
             "--out",
             "-o",
             metavar="PATH",
-            help="Output file: .npy (+ PATH.json metadata), .safetensors or .pt.",
+            help="A store for many images: NAME.zarr (dense) or NAME.parquet (sparse, with "
+            "--points N), resumable; or one file: .npy (+ PATH.json metadata), .safetensors "
+            "or .pt.",
             show_default=False,
         ),
     ],
@@ -359,11 +367,15 @@ def extract(
             "--points",
             "-p",
             metavar="N|FILE",
-            help="Sparse hypercolumns: sample N pixels per image, or read (y, x) pixel "
-            "coordinates from a .json, .npy or .csv file [default: dense, every pixel].",
+            help="Sparse hypercolumns: sample N pixels per image, or (single files only) read "
+            "(y, x) pixel coordinates from a .json, .npy or .csv file [default: dense, every "
+            "pixel].",
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for --points N.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="Seed for --points N [default: random; 0 for stores]."),
+    ] = None,
     align: Annotated[
         Align, typer.Option("--align", help="rf: by receptive-field centres; half-pixel: classic.")
     ] = Align.rf,
@@ -377,30 +389,143 @@ def extract(
     mean: Mean = None,
     std: Std = None,
     max_memory: Annotated[
-        str,
-        typer.Option("--max-memory", metavar="SIZE", help="Refuse outputs larger than this."),
-    ] = "4GB",
+        str | None,
+        typer.Option(
+            "--max-memory",
+            metavar="SIZE",
+            help="Single files: refuse outputs larger than this [default: 4GB]. Stores: the "
+            "working set of one batch; larger images are computed in bands [default: 1GB].",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Stores: processes decoding images while the model runs (0: none) [default: 2].",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            help="Stores: images of one size computed together [default: 8].",
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="Stores: where the model runs: cpu, cuda, cuda:1 or auto [default: auto, "
+            "CUDA when available].",
+            show_default=False,
+        ),
+    ] = None,
+    band_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--band-rows",
+            min=1,
+            help="Stores: output rows per band for images computed in bands [default: the "
+            "most that --max-memory allows].",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Stores: replace an existing store made with another configuration.",
+        ),
+    ] = False,
     fmt: FormatOpt = Format.table,
     model_kwargs: ModelKwargs = None,
     weights: Weights = None,
     pretrained: Pretrained = False,
 ) -> None:
-    """Extract hypercolumns of IMAGE... and write them with their metadata.
+    """Extract hypercolumns of INPUTS... and write them with their metadata.
 
     Dense by default: per image a (C, H, W) stack of the chosen layers, each upsampled to
     the input grid (global layers broadcast); with --points, (N, C) at N pixels.
 
-    Output by extension. **.npy**: one array with a leading image axis, (B, C, H, W) or
-    (B, N, C), so all images must have the same size (use --resize/--crop); metadata in
-    PATH.json. **.safetensors** / **.pt**: one entry per image keyed by its file stem
-    (sizes may differ), points under STEM/points; metadata in the safetensors header
-    (key "hypercolumns") or the .pt dict's "metadata". Metadata: model spec, layers,
-    channel slices, geometry per layer, preprocessing per image, package version.
+    **Stores** (many images, resumable): **NAME.zarr**, one (C, H, W) array per image;
+    **NAME.parquet** (with --points N), rows of key, y, x, (label,) features. Images are
+    decoded in --workers processes while the model runs; each image is committed on its
+    own, so rerunning the same command skips what is done, also after a crash. Unreadable
+    images are recorded and skipped (exit code 1 when any failed). Dense images too large
+    for --max-memory are computed in bands. See docs/stores.md.
 
-    Nothing is written to --out unless everything succeeded.
+    **Single files**, by extension. **.npy**: one array with a leading image axis,
+    (B, C, H, W) or (B, N, C), so all images must have the same size (use
+    --resize/--crop); metadata in PATH.json. **.safetensors** / **.pt**: one entry per
+    image keyed by its file stem (sizes may differ), points under STEM/points; metadata in
+    the safetensors header (key "hypercolumns") or the .pt dict's "metadata". Metadata:
+    model spec, layers, channel slices, geometry per layer, preprocessing per image,
+    package version. Nothing is written to --out unless everything succeeded.
 
-    Example: hypercolumns extract torchvision:vgg16 cat.jpg --layers 3,8 --out cat.npy
+    Examples:
+
+    hypercolumns extract torchvision:vgg16 cat.jpg --layers 3,8 --out cat.npy
+
+    hypercolumns extract torchvision:vgg16 photos/ --layers 3,8 --points 1024 --out hc.parquet
     """
+    from hypercolumns.pipeline import expand_inputs
+    from hypercolumns.store import store_kind
+
+    common: dict[str, Any] = {
+        "points": points, "seed": seed, "align": align, "dtype": dtype, "size": size,
+        "resize": resize, "crop": crop, "mean": mean, "std": std, "max_memory": max_memory,
+        "fmt": fmt, "model_kwargs": model_kwargs, "weights": weights, "pretrained": pretrained,
+    }  # fmt: skip
+    if store_kind(out) is not None:
+        _extract_store(
+            model, inputs, layers_spec, out, workers=workers, batch_size=batch_size,
+            device=device, band_rows=band_rows, overwrite=overwrite, **common,
+        )  # fmt: skip
+        return
+    given = {"--workers": workers, "--batch-size": batch_size, "--device": device,
+             "--band-rows": band_rows, "--overwrite": overwrite or None}  # fmt: skip
+    store_only = [name for name, value in given.items() if value is not None]
+    if store_only:
+        raise HypercolumnsError(
+            f"{', '.join(store_only)} apply to stores (--out NAME.zarr or NAME.parquet), not to "
+            f"a single {out.suffix or 'file'} output"
+        )
+    sources = expand_inputs(inputs, check_keys=False)  # entries are keyed by file stem
+    if any(s.mask is not None for s in sources):
+        raise HypercolumnsError(
+            "masks stratify the points of a store: write --out NAME.parquet with --points N"
+        )
+    _extract_files(model, [s.path for s in sources], layers_spec, out, **common)
+
+
+def _extract_files(
+    model: str,
+    images: list[Path],
+    layers_spec: str,
+    out: Path,
+    *,
+    points: str | None,
+    seed: int | None,
+    align: Align,
+    dtype: DType,
+    size: str | None,
+    resize: str | None,
+    crop: str | None,
+    mean: str | None,
+    std: str | None,
+    max_memory: str | None,
+    fmt: Format,
+    model_kwargs: str | None,
+    weights: Path | None,
+    pretrained: bool,
+) -> None:
+    """``extract`` into one .npy, .safetensors or .pt file."""
     import torch
 
     from hypercolumns import _output
@@ -409,6 +534,7 @@ def extract(
     from hypercolumns.layers import layers as list_layers
     from hypercolumns.layers import parse_size, select
 
+    max_memory = max_memory or "4GB"
     suffix = _output.check_suffix(out)
     limit = _bytes(max_memory)
     mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std")
@@ -649,6 +775,116 @@ def _erf_table(result: Any, model: str) -> None:
     for name, value in rows:
         table.add_row(name, value)
     stdout.print(table)
+
+
+class _Rate(ProgressColumn):
+    """A rich progress column: images per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} img/s" if speed else "- img/s", style="progress.data.speed")
+
+
+def _extract_store(
+    model: str,
+    inputs: list[str],
+    layers_spec: str,
+    out: Path,
+    *,
+    points: str | None,
+    seed: int | None,
+    align: Align,
+    dtype: DType,
+    size: str | None,
+    resize: str | None,
+    crop: str | None,
+    mean: str | None,
+    std: str | None,
+    max_memory: str | None,
+    workers: int | None,
+    batch_size: int | None,
+    device: str | None,
+    band_rows: int | None,
+    overwrite: bool,
+    fmt: Format,
+    model_kwargs: str | None,
+    weights: Path | None,
+    pretrained: bool,
+) -> None:
+    """``extract`` into a store: the pipeline, a progress bar, a summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from hypercolumns.layers import parse_size
+    from hypercolumns.pipeline import Settings, run
+
+    if points is not None and not points.strip().isdigit():
+        raise HypercolumnsError(
+            f"a store samples --points N pixels per image; a file of points ({points!r}) works "
+            "with single-file outputs (.npy, .safetensors, .pt)"
+        )
+    kwargs: dict[str, Any] = {}
+    if model_kwargs:
+        try:
+            kwargs = json.loads(model_kwargs)
+        except json.JSONDecodeError as err:
+            raise typer.BadParameter(f"not valid JSON: {err}", param_hint="--model-kwargs") from err
+        if not isinstance(kwargs, dict):
+            raise typer.BadParameter("expected a JSON object", param_hint="--model-kwargs")
+    n_points = None if points is None else int(points)
+    mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std")
+    settings = Settings(
+        model=model, layers=layers_spec, model_kwargs=kwargs,
+        weights=None if weights is None else str(weights), pretrained=pretrained,
+        points=n_points, seed=0 if seed is None else seed, align=align.value,
+        dtype=dtype.value, size=None if size is None else parse_size(size),
+        resize=resize, crop=crop, mean=None if mean_v is None else tuple(mean_v),
+        std=None if std_v is None else tuple(std_v),
+    )  # fmt: skip
+    bar = Progress(
+        "[bold]extracting",
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+        disable=fmt is Format.json and not stderr.is_terminal,
+    )
+    task = bar.add_task("", total=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        summary = run(
+            inputs, out, settings, workers=2 if workers is None else workers,
+            batch_size=batch_size or 8, device=device or "auto", overwrite=overwrite,
+            max_memory=None if max_memory is None else _bytes(max_memory),
+            band_rows=band_rows, progress=progress,
+        )  # fmt: skip
+    if fmt is Format.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        extra = [f"{summary.skipped} already there"] if summary.skipped else []
+        extra += [f"{summary.banded} in bands"] if summary.banded else []
+        stdout.print(
+            f"{summary.store}: {summary.done} image(s) written"
+            + (f" ({', '.join(extra)})" if extra else "")
+            + f", {summary.bytes_written / 1e6:.1f} MB in {summary.seconds:.1f} s "
+            f"({summary.images_per_second:.1f} img/s)",
+            highlight=False,
+        )
+        for failure in summary.failed[:10]:
+            stderr.print(f"[red]failed:[/] {failure.key}: {failure.reason}", highlight=False)
+        if len(summary.failed) > 10:
+            stderr.print(f"... and {len(summary.failed) - 10} more", highlight=False)
+    if summary.failed:
+        stderr.print(
+            f"[bold red]error:[/] {len(summary.failed)} image(s) failed (listed in "
+            f"{out / '_hypercolumns' / 'failures.jsonl'}); the others are in the store",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

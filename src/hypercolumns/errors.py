@@ -12,6 +12,7 @@ __all__ = [
     "InputSizeError",
     "LayerNotFoundError",
     "ModelError",
+    "StoreError",
     "WeightsError",
     "closest",
 ]
@@ -40,6 +41,10 @@ class LayerNotFoundError(HypercolumnsError):
 
 class InputSizeError(HypercolumnsError):
     """The input is too small for the model, or otherwise of the wrong shape."""
+
+
+class StoreError(HypercolumnsError):
+    """An on-disk store cannot be created, written or read, or belongs to another run."""
 
 
 class GeometryWarning(UserWarning):
