@@ -3,8 +3,12 @@
 For each model (torchvision vgg16 layers [3, 8]; resnet50 layer1..layer4), one 224x224 image:
 
 * ``floor``: the truncated forward alone (the model prefix up to the last requested layer);
+* ``write fresh`` / ``write reused``: merely writing a dense output of that size,
+  ``torch.empty(...).fill_(1.0)``, and filling a buffer allocated once (no first-touch page
+  faults): what any dense method pays on top of the floor;
 * ``ours dense`` / ``ours sparse``: :class:`hypercolumns.HypercolumnExtractor` (planned once),
-  dense ``(1, C, 224, 224)`` and 1024 sampled pixels;
+  dense ``(1, C, 224, 224)`` and 1024 sampled pixels, each into a fresh output and into a
+  buffer passed again every call (``out=``);
 * ``fx+interpolate``: torchvision ``create_feature_extractor`` + ``F.interpolate`` + ``torch.cat``;
 * ``blog``: forward hooks on the full model and a per-channel bilinear resize loop.
 
@@ -104,14 +108,22 @@ def bench_model(name: str, layers: list[str], rounds: int) -> dict[str, object]:
     ours = hc.HypercolumnExtractor(model, layers, SIZE)
     fx = create_feature_extractor(model, {n: n for n in layers}).eval()
 
+    dense_shape = (1, ours.channels, SIZE, SIZE)
+    dense_buffer = torch.empty(dense_shape)
+    sparse_buffer = torch.empty(1, POINTS, ours.channels)
+
     def floor() -> object:
         with torch.no_grad():
             return prefix(x)
 
     methods: dict[str, Callable[[], object]] = {
         "floor": floor,
+        "write fresh": lambda: torch.empty(dense_shape).fill_(1.0),
+        "write reused": lambda: dense_buffer.fill_(1.0),
         "ours dense": lambda: ours(x),
+        "ours dense out=": lambda: ours(x, out=dense_buffer),
         f"ours sparse {POINTS}": lambda: ours(x, POINTS),
+        f"ours sparse {POINTS} out=": lambda: ours(x, POINTS, out=sparse_buffer),
         "fx+interpolate": lambda: fx_hypercolumns(fx, x),
         "blog": lambda: blog_hypercolumns(model, x, layers),
     }
@@ -207,7 +219,7 @@ def main() -> None:
         med: dict[str, float] = r["median_s"]  # type: ignore[assignment]
         ratio: dict[str, float] = r["ratio_to_floor"]  # type: ignore[assignment]
         for key in med:
-            print(f"  {key:<18} {med[key] * 1000:9.1f} ms  {ratio[key]:6.2f}x floor")
+            print(f"  {key:<22} {med[key] * 1000:9.1f} ms  {ratio[key]:6.2f}x floor")
         print(f"  one-shot hc.hypercolumns (plans each call): {r['one_shot_s'] * 1000:.0f} ms")
     print("\nvgg16, all 13 conv layers, peak resident memory above the baseline:")
     for label, m in memory.items():
