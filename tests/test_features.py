@@ -50,8 +50,7 @@ def hooked_forward(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[
         out.setdefault(name, output.clone())
 
     handles = [
-        model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: keep(n, o))
-        for n in names
+        model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: keep(n, o)) for n in names
     ]
     try:
         with torch.no_grad():

@@ -23,6 +23,7 @@ neighbours.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -137,24 +138,31 @@ class AxisPlan:
         left = u.floor().clamp(max=max(self.units - 2, 0))
         return left.long(), u - left
 
-    def _tensors(self, kind: str, like: torch.Tensor) -> list[torch.Tensor]:
-        """The plan's constants as tensors of ``like``'s dtype and device, made once each."""
-        key = (kind, like.dtype, like.device)
+    def _matrix(self) -> list[torch.Tensor]:
+        """``(units, size)``: output ``q`` is column ``q`` of weights times the units."""
+        left, t = self._coordinates(0, self.size)
+        matrix = torch.zeros(self.units, self.size, dtype=torch.float64)
+        q = torch.arange(self.size)
+        matrix.index_put_((left, q), 1 - t, accumulate=True)
+        matrix.index_put_((left + 1, q), t, accumulate=True)
+        return [matrix]
+
+    def _gather(self) -> list[torch.Tensor]:
+        left, t = self._coordinates(self.lo, self.hi)
+        return [left, left + 1, t]
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [torch.tensor(run.weights, dtype=torch.float64) for run in self.runs]
+
+    def _cached(
+        self, make: Callable[[], list[torch.Tensor]], like: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The constants ``make`` gives, on ``like``'s device in its dtype (indices stay long),
+        made once per dtype and device."""
+        key = (make.__name__, like.dtype, like.device)
         if key not in self._cache:
-            if kind == "matrix":
-                left, t = self._coordinates(0, self.size)
-                matrix = torch.zeros(self.units, self.size, dtype=torch.float64)
-                q = torch.arange(self.size)
-                matrix.index_put_((left, q), 1 - t, accumulate=True)
-                matrix.index_put_((left + 1, q), t, accumulate=True)
-                tensors = [matrix]
-            elif kind == "gather":
-                left, t = self._coordinates(self.lo, self.hi)
-                tensors = [left, left + 1, t]
-            else:
-                tensors = [torch.tensor(run.weights, dtype=torch.float64) for run in self.runs]
             self._cache[key] = [
-                t.to(like.device) if t.dtype == torch.long else t.to(like) for t in tensors
+                t.to(like.device) if t.dtype == torch.long else t.to(like) for t in make()
             ]
         return self._cache[key]
 
@@ -169,7 +177,7 @@ class AxisPlan:
             return
         last = dim == src.dim() - 1
         if last and n <= _MATMUL_UNITS and n > 1 and out.is_contiguous():
-            (matrix,) = self._tensors("matrix", src)
+            (matrix,) = self._cached(self._matrix, src)
             torch.mm(src.reshape(-1, n), matrix, out=out.view(-1, size))
             return
         if lo:
@@ -179,7 +187,7 @@ class AxisPlan:
         if hi == lo:
             return
         if last or len(self.runs) > _MAX_RUNS:
-            left, right, t = self._tensors("gather", src)
+            left, right, t = self._cached(self._gather, src)
             shape = [1] * src.dim()
             shape[dim] = hi - lo
             torch.lerp(
@@ -189,7 +197,7 @@ class AxisPlan:
                 out=out.narrow(dim, lo, hi - lo),
             )
             return
-        for run, weights in zip(self.runs, self._tensors("runs", src), strict=True):
+        for run, weights in zip(self.runs, self._cached(self._weights, src), strict=True):
             phases = len(run.weights)
             blocks = out.narrow(dim, run.start, run.blocks * run.period)
             target = blocks.view(
@@ -256,7 +264,7 @@ def sample_points(
     index = torch.stack((base, base + right, base + down, base + down + right), -1).view(-1, 4)
     weights = torch.stack(((1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx), -1)
     weights = weights.view(-1, 4).to(fmap.dtype)
-    table = fmap.permute(0, 2, 3, 1).reshape(-1, channels)
+    table = fmap.permute(0, 2, 3, 1).contiguous().view(-1, channels)  # rows: (b, y, x)
     target = out.view(bsz * n, channels)
     rows = max(1, _POINT_ROWS_BYTES // (channels * fmap.element_size()))
     for r in range(0, bsz * n, rows):
