@@ -13,11 +13,13 @@ For each model (torchvision vgg16 layers [3, 8]; resnet50 layer1..layer4), one 2
 * ``blog``: forward hooks on the full model and a per-channel bilinear resize loop.
 
 Methods run interleaved, round after round, and each reports its median time and the ratio to
-the floor's median. Then peak memory, sparse (1024 points) against dense, for all 13 vgg16 conv
+the floor's median, in wall-clock time and in CPU time of the process (``time.process_time``:
+on a shared machine, time spent waiting for a core does not count; page faults do). Then peak
+memory, sparse (1024 points) against dense, for all 13 vgg16 conv
 layers (4224 channels): each measured in a fresh process by sampling resident memory
 (``/proc/self/statm``) every millisecond in a thread, minus the resident memory just before.
 
-Run: ``uv run python benchmarks/hypercolumns.py [--rounds 7] [--threads N]``
+Run: ``uv run python benchmarks/hypercolumns.py [--rounds 7] [--threads N] [--models vgg16]``
 """
 
 from __future__ import annotations
@@ -131,24 +133,29 @@ def bench_model(name: str, layers: list[str], rounds: int) -> dict[str, object]:
     dense = ours(x).features
     ref = fx_hypercolumns(fx, x)
     same = bool(torch.allclose(dense, ref, atol=1e-4)) if name == "vgg16" else None
-    times: dict[str, list[float]] = {k: [] for k in methods}
+    wall: dict[str, list[float]] = {k: [] for k in methods}
+    cpu: dict[str, list[float]] = {k: [] for k in methods}
     for fn in methods.values():  # warm-up
         fn()
     for _ in range(rounds):
         for key, fn in methods.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[key].append(time.perf_counter() - start)
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
     start = time.perf_counter()
     hc.hypercolumns(model, x, layers)
     one_shot = time.perf_counter() - start
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "model": name,
         "layers": layers,
         "channels": ours.channels,
         "median_s": med,
         "ratio_to_floor": {k: v / med["floor"] for k, v in med.items()},
+        "median_cpu_s": med_cpu,
+        "cpu_ratio_to_floor": {k: v / med_cpu["floor"] for k, v in med_cpu.items()},
         "one_shot_s": one_shot,
         "dense_equals_fx_interpolate": same,
     }
@@ -202,14 +209,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument(
+        "--models", nargs="+", choices=["vgg16", "resnet50"], default=["vgg16", "resnet50"]
+    )
+    parser.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = [
-        bench_model("vgg16", ["features.3", "features.8"], args.rounds),
-        bench_model("resnet50", ["layer1", "layer2", "layer3", "layer4"], args.rounds),
-    ]
-    memory = peak_memory()
+    cases = {"vgg16": ["features.3", "features.8"], "resnet50": [f"layer{i}" for i in range(1, 5)]}
+    results = [bench_model(name, cases[name], args.rounds) for name in args.models]
+    memory = peak_memory() if args.memory else {}
     if args.json:
         print(json.dumps({"speed": results, "memory": memory}, indent=2, default=str))
         return
@@ -218,10 +229,17 @@ def main() -> None:
         print(f"\n{r['model']} {r['layers']} -> {r['channels']} channels, 1x3x{SIZE}x{SIZE}")
         med: dict[str, float] = r["median_s"]  # type: ignore[assignment]
         ratio: dict[str, float] = r["ratio_to_floor"]  # type: ignore[assignment]
+        med_cpu: dict[str, float] = r["median_cpu_s"]  # type: ignore[assignment]
+        ratio_cpu: dict[str, float] = r["cpu_ratio_to_floor"]  # type: ignore[assignment]
+        print(f"  {'':<22} {'wall':>9}     {'/ floor':>7}  {'cpu':>9}     {'/ floor':>7}")
         for key in med:
-            print(f"  {key:<22} {med[key] * 1000:9.1f} ms  {ratio[key]:6.2f}x floor")
+            print(
+                f"  {key:<22} {med[key] * 1000:9.1f} ms  {ratio[key]:6.2f}x  "
+                f"{med_cpu[key] * 1000:9.1f} ms  {ratio_cpu[key]:6.2f}x"
+            )
         print(f"  one-shot hc.hypercolumns (plans each call): {r['one_shot_s'] * 1000:.0f} ms")
-    print("\nvgg16, all 13 conv layers, peak resident memory above the baseline:")
+    if memory:
+        print("\nvgg16, all 13 conv layers, peak resident memory above the baseline:")
     for label, m in memory.items():
         info: dict[str, int] = m  # type: ignore[assignment]
         print(

@@ -91,9 +91,10 @@ def test_resample_equals_interpolate(size: tuple[int, int]) -> None:
 
 def test_sample_points_equals_grid_sample() -> None:
     """Bilinear samples at unit coordinates, clamped: ``grid_sample`` with corners aligned to
-    unit centres and border padding computes the same thing another way."""
+    unit centres and border padding computes the same thing another way. Small maps are a
+    channels-last table, large ones (more than 4 units per point) gathered per channel."""
     torch.manual_seed(0)
-    for h, w in [(1, 1), (1, 6), (5, 1), (7, 9), (12, 12)]:
+    for h, w in [(1, 1), (1, 6), (5, 1), (7, 9), (12, 12), (30, 31), (1, 200)]:
         fmap = torch.randn(2, 6, h, w, dtype=torch.float64)
         uy = torch.rand(2, 40, dtype=torch.float64) * (h + 3) - 1.5
         ux = torch.rand(2, 40, dtype=torch.float64) * (w + 3) - 1.5

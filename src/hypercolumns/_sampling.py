@@ -101,7 +101,8 @@ class AxisPlan:
         else:
             self.lo = min(size, max(0, math.ceil(-b / a)))
             self.hi = min(size, max(self.lo, math.ceil((units - 1 - b) / a)))
-        period, self.step = a.denominator, a.numerator
+        self.period, self.step = a.denominator, a.numerator
+        period = self.period
         # Blocks of `period` outputs begin where the unit on the left changes (or a whole period
         # before), so that upsampling is one run for all the blocks, plus a short lead-in and
         # what is left at the end.
@@ -176,7 +177,7 @@ class AxisPlan:
             out.copy_(src)
             return
         last = dim == src.dim() - 1
-        if last and n <= _MATMUL_UNITS and n > 1 and out.is_contiguous():
+        if last and 1 < n <= _MATMUL_UNITS and self.period > 2 and out.is_contiguous():
             (matrix,) = self._cached(self._matrix, src)
             torch.mm(src.reshape(-1, n), matrix, out=out.view(-1, size))
             return
@@ -186,7 +187,8 @@ class AxisPlan:
             out.narrow(dim, hi, size - hi).copy_(src.narrow(dim, n - 1, 1))
         if hi == lo:
             return
-        if last or len(self.runs) > _MAX_RUNS:
+        ops = sum(len(run.weights) for run in self.runs) if last else len(self.runs)
+        if ops > _MAX_RUNS:
             left, right, t = self._cached(self._gather, src)
             shape = [1] * src.dim()
             shape[dim] = hi - lo
@@ -198,21 +200,27 @@ class AxisPlan:
             )
             return
         for run, weights in zip(self.runs, self._cached(self._weights, src), strict=True):
-            phases = len(run.weights)
             blocks = out.narrow(dim, run.start, run.blocks * run.period)
             target = blocks.view(
                 *blocks.shape[:dim], run.blocks, run.period, *blocks.shape[dim + 1 :]
-            ).narrow(dim + 1, run.offset, phases)
+            ).narrow(dim + 1, run.offset, len(run.weights))
             span = slice(run.unit, run.unit + self.step * (run.blocks - 1) + 1, self.step)
-            left = src[_index(dim, span)].unsqueeze(dim + 1)
-            if not any(run.weights):
-                target.copy_(left)
-                continue
-            span = slice(span.start + 1, span.stop + 1, self.step)
-            right = src[_index(dim, span)].unsqueeze(dim + 1)
-            shape = [1] * target.dim()
-            shape[dim + 1] = phases
-            torch.lerp(left, right, weights.view(shape), out=target)
+            left = src[_index(dim, span)]
+            right = src[_index(dim, slice(span.start + 1, span.stop + 1, self.step))]
+            if last:  # one lerp per phase: vectorised along the blocks, not the few phases
+                for p, weight in enumerate(run.weights):
+                    torch.lerp(left, right, weight, out=target.select(dim + 1, p))
+            elif not any(run.weights):
+                target.copy_(left.unsqueeze(dim + 1))
+            else:
+                shape = [1] * target.dim()
+                shape[dim + 1] = len(run.weights)
+                torch.lerp(
+                    left.unsqueeze(dim + 1),
+                    right.unsqueeze(dim + 1),
+                    weights.view(shape),
+                    out=target,
+                )
 
 
 def resample(src: torch.Tensor, rows: AxisPlan, cols: AxisPlan, out: torch.Tensor) -> None:
@@ -248,8 +256,10 @@ def sample_points(
     ``(B, N)`` (clamped to the map) into ``out`` ``(B, N, C)``, a view whose last dimension is
     contiguous.
 
-    The map's channels-last rows are the table of one ``embedding_bag`` that sums each point's
-    four neighbours with their bilinear weights, a slice of points at a time.
+    A map with few units per point is copied channels-last once and becomes the table of an
+    ``embedding_bag`` that sums each point's four neighbours with their bilinear weights, a
+    slice of points at a time, straight from rows of the table. A larger map is not copied:
+    each image's four neighbours are gathered along every channel's row instead.
     """
     bsz, channels, h, w = fmap.shape
     n = uy.shape[1]
@@ -259,8 +269,18 @@ def sample_points(
     x0 = ux.floor().clamp(max=max(w - 2, 0))
     ty, tx = uy - y0, ux - x0
     down, right = (w if h > 1 else 0), (1 if w > 1 else 0)
-    offsets = torch.arange(bsz, device=fmap.device)[:, None] * (h * w)
-    base = y0.long() * w + x0.long() + offsets
+    base = y0.long() * w + x0.long()
+    if h * w > 4 * n:
+        index = torch.stack((base, base + right, base + down, base + down + right), 1)
+        wy, wx = ty.to(fmap.dtype), tx.to(fmap.dtype)
+        for b in range(bsz):
+            flat = fmap[b].reshape(channels, h * w)
+            near = flat.index_select(1, index[b].view(-1)).view(channels, 4, n)
+            top = torch.lerp(near[:, 0], near[:, 1], wx[b])
+            bottom = torch.lerp(near[:, 2], near[:, 3], wx[b])
+            out[b].copy_(torch.lerp(top, bottom, wy[b]).T)
+        return
+    base = base + torch.arange(bsz, device=fmap.device)[:, None] * (h * w)
     index = torch.stack((base, base + right, base + down, base + down + right), -1).view(-1, 4)
     weights = torch.stack(((1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx), -1)
     weights = weights.view(-1, 4).to(fmap.dtype)
