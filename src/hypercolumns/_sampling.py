@@ -149,8 +149,7 @@ class AxisPlan:
         return [matrix]
 
     def _gather(self) -> list[torch.Tensor]:
-        left, t = self._coordinates(self.lo, self.hi)
-        return [left, left + 1, t]
+        return list(self._coordinates(self.lo, self.hi))
 
     def _weights(self) -> list[torch.Tensor]:
         return [torch.tensor(run.weights, dtype=torch.float64) for run in self.runs]
@@ -170,14 +169,21 @@ class AxisPlan:
     def apply(self, src: torch.Tensor, dim: int, out: torch.Tensor) -> None:
         """Write ``src`` resampled along ``dim`` into ``out`` (same shape but ``dim``).
 
-        ``out`` may be any strided view of the same dtype; it is written, never reallocated.
+        ``out`` may be any strided view, of ``src``'s dtype or a lower-precision one (computed
+        in ``src``'s dtype, rounded once when written); it is written, never reallocated.
         """
         n, size, lo, hi = self.units, self.size, self.lo, self.hi
         if self.identity:
             out.copy_(src)
             return
         last = dim == src.dim() - 1
-        if last and 1 < n <= _MATMUL_UNITS and self.period > 2 and out.is_contiguous():
+        if (
+            last
+            and 1 < n <= _MATMUL_UNITS
+            and self.period > 2
+            and out.is_contiguous()
+            and out.dtype == src.dtype
+        ):
             (matrix,) = self._cached(self._matrix, src)
             torch.mm(src.reshape(-1, n), matrix, out=out.view(-1, size))
             return
@@ -187,14 +193,16 @@ class AxisPlan:
             out.narrow(dim, hi, size - hi).copy_(src.narrow(dim, n - 1, 1))
         if hi == lo:
             return
+        # left + weight * (right - left): unlike lerp, addcmul rounds into a narrower out
+        diff = torch.diff(src, dim=dim)
         ops = sum(len(run.weights) for run in self.runs) if last else len(self.runs)
         if ops > _MAX_RUNS:
-            left, right, t = self._cached(self._gather, src)
+            left_units, t = self._cached(self._gather, src)
             shape = [1] * src.dim()
             shape[dim] = hi - lo
-            torch.lerp(
-                src.index_select(dim, left),
-                src.index_select(dim, right),
+            torch.addcmul(
+                src.index_select(dim, left_units),
+                diff.index_select(dim, left_units),
                 t.view(shape),
                 out=out.narrow(dim, lo, hi - lo),
             )
@@ -204,20 +212,21 @@ class AxisPlan:
             target = blocks.view(
                 *blocks.shape[:dim], run.blocks, run.period, *blocks.shape[dim + 1 :]
             ).narrow(dim + 1, run.offset, len(run.weights))
-            span = slice(run.unit, run.unit + self.step * (run.blocks - 1) + 1, self.step)
-            left = src[_index(dim, span)]
-            right = src[_index(dim, slice(span.start + 1, span.stop + 1, self.step))]
-            if last:  # one lerp per phase: vectorised along the blocks, not the few phases
+            span = _index(
+                dim, slice(run.unit, run.unit + self.step * (run.blocks - 1) + 1, self.step)
+            )
+            left, rise = src[span], diff[span]
+            if last:  # one op per phase: vectorised along the blocks, not the few phases
                 for p, weight in enumerate(run.weights):
-                    torch.lerp(left, right, weight, out=target.select(dim + 1, p))
+                    torch.add(left, rise, alpha=weight, out=target.select(dim + 1, p))
             elif not any(run.weights):
                 target.copy_(left.unsqueeze(dim + 1))
             else:
                 shape = [1] * target.dim()
                 shape[dim + 1] = len(run.weights)
-                torch.lerp(
+                torch.addcmul(
                     left.unsqueeze(dim + 1),
-                    right.unsqueeze(dim + 1),
+                    rise.unsqueeze(dim + 1),
                     weights.view(shape),
                     out=target,
                 )

@@ -373,7 +373,8 @@ class HypercolumnExtractor:
     # -- running ---------------------------------------------------------------------------------
 
     def _prepare(self, layer: Layer, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Standardise and project one layer's ``(B, C, h, w)`` map or ``(B, C)`` vector."""
+        """Standardise and project one layer's ``(B, C, h, w)`` map or ``(B, C)`` vector, in
+        the wider of its dtype and the output's."""
         if layer.name in self._standardize:
             mean, std = (
                 t.to(value).reshape(-1, *[1] * (value.dim() - 2))
@@ -388,7 +389,8 @@ class HypercolumnExtractor:
             if center is not None:
                 projected = projected - (matrix @ center.to(value)).unsqueeze(-1)
             value = projected.reshape(value.shape[0], -1, *value.shape[2:])
-        return value.to(dtype)
+        # sampled at the wider of the two precisions, rounded once into the output
+        return value.to(torch.promote_types(value.dtype, dtype))
 
     def __call__(
         self,
