@@ -5,19 +5,24 @@ clamped to ``[0, n - 1]``, linear between the two neighbouring units. ``a`` and 
 fractions, so when ``a = step/period`` the output indices ``q, q + period, q + 2 period, ...``
 read the units ``i, i + step, i + 2 step, ...`` with one common weight. An :class:`AxisPlan`
 groups the ``period`` phases of a block into *runs*, consecutive phases that read the same pair
-of units; each run is one ``torch.lerp`` of two strided views of the input with the run's
-weights broadcast, written with ``out=`` into a strided view of the result. Upsampling by any
-ratio is two or three runs, every output element is written once and in memory order, and
-there are no index tensors or temporaries of the output's size. Clamped borders are broadcast
-copies; a ratio with too many runs falls back to gathering the two neighbours.
+of units. Along any dimension but the last, a run is one ``addcmul`` of strided views of the
+input and of its differences with the run's weights broadcast, written with ``out=`` into a
+strided view of the result: upsampling by any ratio is one run for all the blocks plus a
+lead-in and a remainder, every output element is written once and in memory order, with no
+index tensors or temporaries of the output's size. Along the last (contiguous) dimension,
+where runs would be a few elements wide, a short axis is one matrix product with the bilinear
+weights and otherwise each phase is one op, vectorised along the blocks. Clamped borders are
+broadcast copies; a ratio with too many runs gathers the two neighbours instead. Everything is
+computed in the input's dtype and rounded once into ``out``, which may be narrower.
 
 Two axes (:func:`resample`) go through a small scratch buffer, a slice of channels at a time so
 that it stays in cache: first the axis that leaves the smaller intermediate, then the other,
 into the output.
 
-Sparse (:func:`sample_points`): the four neighbours of each point and their bilinear weights
-are one ``embedding_bag`` over the map's channels-last rows, which never materialises the
-neighbours.
+Sparse (:func:`sample_points`): each point's four neighbours and bilinear weights. A map with
+few units per point is copied channels-last once and becomes the table of one
+``embedding_bag``, which sums the weighted rows without materialising the neighbours; a large
+map is gathered per channel instead, without a copy.
 """
 
 from __future__ import annotations
@@ -262,8 +267,8 @@ def sample_points(
     fmap: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor, out: torch.Tensor
 ) -> None:
     """Write bilinear samples of ``fmap`` ``(B, C, h, w)`` at unit coordinates ``uy``, ``ux``
-    ``(B, N)`` (clamped to the map) into ``out`` ``(B, N, C)``, a view whose last dimension is
-    contiguous.
+    ``(B, N)`` (clamped to the map) into ``out`` ``(B, N, C)``: a slice of the channels of a
+    contiguous tensor, of ``fmap``'s dtype or a narrower one.
 
     A map with few units per point is copied channels-last once and becomes the table of an
     ``embedding_bag`` that sums each point's four neighbours with their bilinear weights, a
