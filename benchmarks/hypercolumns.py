@@ -12,9 +12,10 @@ For each model (torchvision vgg16 layers [3, 8]; resnet50 layer1..layer4), one 2
 * ``fx+interpolate``: torchvision ``create_feature_extractor`` + ``F.interpolate`` + ``torch.cat``;
 * ``blog``: forward hooks on the full model and a per-channel bilinear resize loop.
 
-Methods run interleaved, round after round, and each reports its median time and the ratio to
-the floor's median, in wall-clock time and in CPU time of the process (``time.process_time``:
-on a shared machine, time spent waiting for a core does not count; page faults do). Then peak
+Methods run interleaved, round after round, and each reports its median time and the median
+over rounds of its ratio to the floor in the same round, in wall-clock time and in CPU time of
+the process (``time.process_time``: on a shared machine, time spent waiting for a core does not
+count; page faults do). Then peak
 memory, sparse (1024 points) against dense, for all 13 vgg16 conv
 layers (4224 channels): each measured in a fresh process by sampling resident memory
 (``/proc/self/statm``) every millisecond in a thread, minus the resident memory just before.
@@ -102,6 +103,14 @@ def prefix_of(name: str, model: nn.Module) -> nn.Module:
     return nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4)  # type: ignore[arg-type]
 
 
+def _paired_ratios(times: dict[str, list[float]]) -> dict[str, float]:
+    """Per method, the median over rounds of its time over the floor's in the same round."""
+    floor = times["floor"]
+    return {
+        k: statistics.median(t / f for t, f in zip(v, floor, strict=True)) for k, v in times.items()
+    }
+
+
 def bench_model(name: str, layers: list[str], rounds: int) -> dict[str, object]:
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
@@ -146,16 +155,14 @@ def bench_model(name: str, layers: list[str], rounds: int) -> dict[str, object]:
     start = time.perf_counter()
     hc.hypercolumns(model, x, layers)
     one_shot = time.perf_counter() - start
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "model": name,
         "layers": layers,
         "channels": ours.channels,
-        "median_s": med,
-        "ratio_to_floor": {k: v / med["floor"] for k, v in med.items()},
-        "median_cpu_s": med_cpu,
-        "cpu_ratio_to_floor": {k: v / med_cpu["floor"] for k, v in med_cpu.items()},
+        "median_s": {k: statistics.median(v) for k, v in wall.items()},
+        "ratio_to_floor": _paired_ratios(wall),
+        "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+        "cpu_ratio_to_floor": _paired_ratios(cpu),
         "one_shot_s": one_shot,
         "dense_equals_fx_interpolate": same,
     }
