@@ -3,17 +3,24 @@
 For each model (torchvision vgg16 layers [3, 8]; resnet50 layer1..layer4), one 224x224 image:
 
 * ``floor``: the truncated forward alone (the model prefix up to the last requested layer);
+* ``write fresh`` / ``write reused``: merely writing a dense output of that size,
+  ``torch.empty(...).fill_(1.0)``, and filling a buffer allocated once (no first-touch page
+  faults): what any dense method pays on top of the floor;
 * ``ours dense`` / ``ours sparse``: :class:`hypercolumns.HypercolumnExtractor` (planned once),
-  dense ``(1, C, 224, 224)`` and 1024 sampled pixels;
+  dense ``(1, C, 224, 224)`` and 1024 sampled pixels, each into a fresh output and into a
+  buffer passed again every call (``out=``);
 * ``fx+interpolate``: torchvision ``create_feature_extractor`` + ``F.interpolate`` + ``torch.cat``;
 * ``blog``: forward hooks on the full model and a per-channel bilinear resize loop.
 
-Methods run interleaved, round after round, and each reports its median time and the ratio to
-the floor's median. Then peak memory, sparse (1024 points) against dense, for all 13 vgg16 conv
+Methods run interleaved, round after round, and each reports its median time and the median
+over rounds of its ratio to the floor in the same round, in wall-clock time and in CPU time of
+the process (``time.process_time``: on a shared machine, time spent waiting for a core does not
+count; page faults do). Then peak
+memory, sparse (1024 points) against dense, for all 13 vgg16 conv
 layers (4224 channels): each measured in a fresh process by sampling resident memory
 (``/proc/self/statm``) every millisecond in a thread, minus the resident memory just before.
 
-Run: ``uv run python benchmarks/hypercolumns.py [--rounds 7] [--threads N]``
+Run: ``uv run python benchmarks/hypercolumns.py [--rounds 7] [--threads N] [--models vgg16]``
 """
 
 from __future__ import annotations
@@ -96,6 +103,14 @@ def prefix_of(name: str, model: nn.Module) -> nn.Module:
     return nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4)  # type: ignore[arg-type]
 
 
+def _paired_ratios(times: dict[str, list[float]]) -> dict[str, float]:
+    """Per method, the median over rounds of its time over the floor's in the same round."""
+    floor = times["floor"]
+    return {
+        k: statistics.median(t / f for t, f in zip(v, floor, strict=True)) for k, v in times.items()
+    }
+
+
 def bench_model(name: str, layers: list[str], rounds: int) -> dict[str, object]:
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
@@ -104,14 +119,22 @@ def bench_model(name: str, layers: list[str], rounds: int) -> dict[str, object]:
     ours = hc.HypercolumnExtractor(model, layers, SIZE)
     fx = create_feature_extractor(model, {n: n for n in layers}).eval()
 
+    dense_shape = (1, ours.channels, SIZE, SIZE)
+    dense_buffer = torch.empty(dense_shape)
+    sparse_buffer = torch.empty(1, POINTS, ours.channels)
+
     def floor() -> object:
         with torch.no_grad():
             return prefix(x)
 
     methods: dict[str, Callable[[], object]] = {
         "floor": floor,
+        "write fresh": lambda: torch.empty(dense_shape).fill_(1.0),
+        "write reused": lambda: dense_buffer.fill_(1.0),
         "ours dense": lambda: ours(x),
+        "ours dense out=": lambda: ours(x, out=dense_buffer),
         f"ours sparse {POINTS}": lambda: ours(x, POINTS),
+        f"ours sparse {POINTS} out=": lambda: ours(x, POINTS, out=sparse_buffer),
         "fx+interpolate": lambda: fx_hypercolumns(fx, x),
         "blog": lambda: blog_hypercolumns(model, x, layers),
     }
@@ -119,24 +142,27 @@ def bench_model(name: str, layers: list[str], rounds: int) -> dict[str, object]:
     dense = ours(x).features
     ref = fx_hypercolumns(fx, x)
     same = bool(torch.allclose(dense, ref, atol=1e-4)) if name == "vgg16" else None
-    times: dict[str, list[float]] = {k: [] for k in methods}
+    wall: dict[str, list[float]] = {k: [] for k in methods}
+    cpu: dict[str, list[float]] = {k: [] for k in methods}
     for fn in methods.values():  # warm-up
         fn()
     for _ in range(rounds):
         for key, fn in methods.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[key].append(time.perf_counter() - start)
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
     start = time.perf_counter()
     hc.hypercolumns(model, x, layers)
     one_shot = time.perf_counter() - start
-    med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "model": name,
         "layers": layers,
         "channels": ours.channels,
-        "median_s": med,
-        "ratio_to_floor": {k: v / med["floor"] for k, v in med.items()},
+        "median_s": {k: statistics.median(v) for k, v in wall.items()},
+        "ratio_to_floor": _paired_ratios(wall),
+        "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+        "cpu_ratio_to_floor": _paired_ratios(cpu),
         "one_shot_s": one_shot,
         "dense_equals_fx_interpolate": same,
     }
@@ -190,14 +216,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument(
+        "--models", nargs="+", choices=["vgg16", "resnet50"], default=["vgg16", "resnet50"]
+    )
+    parser.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = [
-        bench_model("vgg16", ["features.3", "features.8"], args.rounds),
-        bench_model("resnet50", ["layer1", "layer2", "layer3", "layer4"], args.rounds),
-    ]
-    memory = peak_memory()
+    cases = {"vgg16": ["features.3", "features.8"], "resnet50": [f"layer{i}" for i in range(1, 5)]}
+    results = [bench_model(name, cases[name], args.rounds) for name in args.models]
+    memory = peak_memory() if args.memory else {}
     if args.json:
         print(json.dumps({"speed": results, "memory": memory}, indent=2, default=str))
         return
@@ -206,10 +236,17 @@ def main() -> None:
         print(f"\n{r['model']} {r['layers']} -> {r['channels']} channels, 1x3x{SIZE}x{SIZE}")
         med: dict[str, float] = r["median_s"]  # type: ignore[assignment]
         ratio: dict[str, float] = r["ratio_to_floor"]  # type: ignore[assignment]
+        med_cpu: dict[str, float] = r["median_cpu_s"]  # type: ignore[assignment]
+        ratio_cpu: dict[str, float] = r["cpu_ratio_to_floor"]  # type: ignore[assignment]
+        print(f"  {'':<22} {'wall':>9}     {'/ floor':>7}  {'cpu':>9}     {'/ floor':>7}")
         for key in med:
-            print(f"  {key:<18} {med[key] * 1000:9.1f} ms  {ratio[key]:6.2f}x floor")
+            print(
+                f"  {key:<22} {med[key] * 1000:9.1f} ms  {ratio[key]:6.2f}x  "
+                f"{med_cpu[key] * 1000:9.1f} ms  {ratio_cpu[key]:6.2f}x"
+            )
         print(f"  one-shot hc.hypercolumns (plans each call): {r['one_shot_s'] * 1000:.0f} ms")
-    print("\nvgg16, all 13 conv layers, peak resident memory above the baseline:")
+    if memory:
+        print("\nvgg16, all 13 conv layers, peak resident memory above the baseline:")
     for label, m in memory.items():
         info: dict[str, int] = m  # type: ignore[assignment]
         print(

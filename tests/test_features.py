@@ -45,11 +45,12 @@ def tiny_cnn() -> nn.Sequential:
 def hooked_forward(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
     """A plain full forward, cloning every hooked output: the reference."""
     out: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, output: torch.Tensor) -> None:  # returns None: the output stays as it is
+        out.setdefault(name, output.clone())
+
     handles = [
-        model.get_submodule(n).register_forward_hook(
-            lambda m, a, o, n=n: out.setdefault(n, o.clone())
-        )
-        for n in names
+        model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: keep(n, o)) for n in names
     ]
     try:
         with torch.no_grad():
@@ -149,6 +150,19 @@ def test_inplace_change_the_meta_probe_misses_is_caught() -> None:
         conv = model[0](x)
     torch.testing.assert_close(got["0"], conv, rtol=0, atol=0)
     assert ext._clone == {"0"}
+
+
+def test_stream_hands_over_fresh_values_in_run_order_and_stops_early() -> None:
+    model = nn.Sequential(*tiny_cnn(), Boom()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    ext = hc.FeatureExtractor(model, ["5", "0", "3"], 16)
+    seen: list[tuple[str, torch.Tensor]] = []
+    ext.stream(x, lambda layer, value: seen.append((layer.name, value.clone())))
+    assert [name for name, _ in seen] == ["0", "3", "5"]  # as they run; Boom never runs
+    ref = hooked_forward(tiny_cnn().eval(), x, ["0", "3", "5"])  # "0" before its in-place ReLU
+    for name, value in seen:
+        torch.testing.assert_close(value, ref[name], rtol=0, atol=0)
+    assert seen[0][1].min() < 0
 
 
 def test_extractor_reused_for_batches(resnet: nn.Module) -> None:

@@ -57,6 +57,59 @@ def test_sparse_equals_dense_at_the_same_pixels(resnet: nn.Module, align: str) -
         torch.testing.assert_close(sparse.features[b], at, rtol=1e-5, atol=1e-5)
 
 
+def test_out_buffer_is_written_and_returned(resnet: nn.Module) -> None:
+    ext = hc.HypercolumnExtractor(resnet, LAYERS, (40, 56))
+    dense = torch.full((2, ext.channels, 40, 56), float("nan"))
+    sparse = torch.full((2, 300, ext.channels), float("nan"))
+    for _ in range(2):  # a reused buffer is overwritten completely
+        x = torch.randn(2, 3, 40, 56)
+        got = ext(x, out=dense)
+        assert got.features is dense
+        torch.testing.assert_close(dense, ext(x).features, rtol=0, atol=0)
+        assert ext(x, 300, seed=3, out=sparse).features is sparse
+        torch.testing.assert_close(sparse, ext(x, 300, seed=3).features, rtol=0, atol=0)
+
+
+def test_out_buffer_is_not_held_to_the_memory_guard(resnet: nn.Module) -> None:
+    ext = hc.HypercolumnExtractor(resnet, "layer1", 32, max_bytes=1000)
+    with pytest.raises(HypercolumnsError, match="more than the 1000 bytes allowed"):
+        ext(torch.randn(1, 3, 32, 32))
+    assert ext(torch.randn(1, 3, 32, 32), out=torch.empty(1, 64, 32, 32)).features.shape[1] == 64
+
+
+def test_bad_out_buffer(resnet: nn.Module) -> None:
+    ext = hc.HypercolumnExtractor(resnet, "layer1", 32)
+    x = torch.randn(1, 3, 32, 32)
+    expected = r"out must be a contiguous torch.float32 tensor of shape \(1, 64, 32, 32\) on cpu"
+    with pytest.raises(HypercolumnsError, match=expected + r", got torch.float32 \(1, 65, 32"):
+        ext(x, out=torch.empty(1, 65, 32, 32))
+    with pytest.raises(HypercolumnsError, match=expected + ", got torch.float16"):
+        ext(x, out=torch.empty(1, 64, 32, 32, dtype=torch.float16))
+    with pytest.raises(HypercolumnsError, match=r"\(not contiguous\)"):
+        ext(x, out=torch.empty(1, 32, 32, 64).permute(0, 3, 1, 2))
+    with pytest.raises(HypercolumnsError, match=r"shape \(1, 5, 64\).*got torch.float32 \(1, 64"):
+        ext(x, 5, out=torch.empty(1, 64, 32, 32))
+    with pytest.raises(HypercolumnsError, match="out must be a tensor, got ndarray"):
+        ext(x, out=torch.empty(1, 64, 32, 32).numpy())  # type: ignore[arg-type]
+
+
+def test_values_are_taken_before_a_later_inplace_op() -> None:
+    """Each layer is sampled inside its forward hook, before the in-place ReLU that follows."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 5, 3, padding=1)
+    ).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        conv = model[0](x)
+    assert conv.min() < 0
+    for layers in (["0"], ["0", "2"]):
+        result = hc.hypercolumns(model, x, layers)
+        torch.testing.assert_close(result.of("0"), conv, rtol=0, atol=0)
+        sparse = hc.hypercolumns(model, x, layers, points=torch.tensor([[3, 4], [11, 0]]))
+        torch.testing.assert_close(sparse.of("0"), conv[:, :, [3, 11], [4, 0]].transpose(1, 2))
+
+
 def test_sparse_takes_int_and_float_points_shared_by_the_batch(resnet: nn.Module) -> None:
     x = torch.randn(2, 3, 32, 32)
     pts = torch.tensor([[0, 0], [31, 31], [5, 17]])
@@ -213,11 +266,16 @@ def test_normalize_standardize(resnet: nn.Module) -> None:
 
 
 def test_dtype_float16(resnet: nn.Module) -> None:
+    """Sampled in float32, rounded once: within one float16 step of the float32 result."""
     x = torch.randn(1, 3, 32, 32)
-    full = hc.hypercolumns(resnet, x, ["layer1", "layer3"])
-    half = hc.hypercolumns(resnet, x, ["layer1", "layer3"], dtype=torch.float16)
-    assert half.features.dtype == torch.float16
-    torch.testing.assert_close(half.features.float(), full.features, rtol=1e-2, atol=1e-2)
+    eps = torch.finfo(torch.float16).eps
+    for points in (None, 50):
+        full = hc.hypercolumns(resnet, x, ["layer1", "layer3", "fc"], points=points)
+        half = hc.hypercolumns(
+            resnet, x, ["layer1", "layer3", "fc"], points=points, dtype=torch.float16
+        )
+        assert half.features.dtype == torch.float16
+        torch.testing.assert_close(half.features, full.features.half(), rtol=eps, atol=1e-6)
 
 
 def test_size(resnet: nn.Module) -> None:

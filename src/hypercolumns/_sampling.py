@@ -1,26 +1,46 @@
-"""Bilinear resampling along one axis at a time, written straight into a caller's tensor.
+"""Bilinear resampling, planned once per geometry and written straight into a caller's tensor.
 
-Output index ``q`` along an axis samples the input at unit coordinate ``u = a*q + b``, clamped to
-``[0, n - 1]``, linear between the two neighbouring units. ``a`` and ``b`` are exact fractions,
-so when ``a = num/den`` the output indices ``q, q + den, q + 2 den, ...`` read the input units
-``i, i + num, i + 2 num, ...`` with one common weight: each of these ``den`` *phases* is a single
-``torch.lerp`` over strided views with ``out=`` a strided view of the result. No index tensors,
-no temporaries of the output's size, every output element written once. Clamped borders are
-broadcast copies; a stride whose period is too long falls back to gathering the two neighbours.
+Dense: output index ``q`` along an axis samples the input at unit coordinate ``u = a*q + b``,
+clamped to ``[0, n - 1]``, linear between the two neighbouring units. ``a`` and ``b`` are exact
+fractions, so when ``a = step/period`` the output indices ``q, q + period, q + 2 period, ...``
+read the units ``i, i + step, i + 2 step, ...`` with one common weight. An :class:`AxisPlan`
+groups the ``period`` phases of a block into *runs*, consecutive phases that read the same pair
+of units. Along any dimension but the last, a run is one ``addcmul`` of strided views of the
+input and of its differences with the run's weights broadcast, written with ``out=`` into a
+strided view of the result: upsampling by any ratio is one run for all the blocks plus a
+lead-in and a remainder, every output element is written once and in memory order, with no
+index tensors or temporaries of the output's size. Along the last (contiguous) dimension,
+where runs would be a few elements wide, a short axis is one matrix product with the bilinear
+weights and otherwise each phase is one op, vectorised along the blocks. Clamped borders are
+broadcast copies; a ratio with too many runs gathers the two neighbours instead. Everything is
+computed in the input's dtype and rounded once into ``out``, which may be narrower.
+
+Two axes (:func:`resample`) go through a small scratch buffer, a slice of channels at a time so
+that it stays in cache: first the axis that leaves the smaller intermediate, then the other,
+into the output.
+
+Sparse (:func:`sample_points`): each point's four neighbours and bilinear weights. A map with
+few units per point is copied channels-last once and becomes the table of one
+``embedding_bag``, which sums the weighted rows without materialising the neighbours; a large
+map is gathered per channel instead, without a copy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["AxisMap", "resample_axis", "sample_points"]
+__all__ = ["AxisMap", "AxisPlan", "resample", "sample_points"]
 
-_MAX_PHASES = 64
+_MAX_RUNS = 64
 _MATMUL_UNITS = 64
+_SCRATCH_BYTES = 1 << 20
+_POINT_ROWS_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -44,83 +64,216 @@ class AxisMap:
         a = Fraction(units, size)
         return cls(a, a / 2 - Fraction(1, 2))
 
-    def is_identity(self, units: int, size: int) -> bool:
-        return self.a == 1 and self.b == 0 and units == size
+
+@dataclass
+class _Run:
+    """Outputs ``start + k*period + offset + p`` (``k < blocks``, ``p < len(weights)``) are
+    units ``unit + k*step`` and ``unit + k*step + 1`` mixed with weight ``weights[p]``."""
+
+    start: int
+    blocks: int
+    period: int
+    offset: int
+    unit: int
+    weights: list[float]
 
 
 def _index(dim: int, index: slice) -> tuple[slice, ...]:
     return (slice(None),) * dim + (index,)
 
 
-def resample_axis(src: torch.Tensor, dim: int, amap: AxisMap, out: torch.Tensor) -> None:
-    """Write ``src`` resampled along ``dim`` by ``amap`` into ``out`` (same shape but ``dim``).
+class AxisPlan:
+    """How ``units`` input units along one axis become ``size`` outputs under ``amap``.
 
-    ``out`` may be any strided view of the same dtype; it is written, never reallocated.
+    Planned once per layer geometry; :meth:`apply` then writes any number of batches. Along a
+    tensor's last (contiguous) dimension short axes are one matrix product with the ``(units,
+    size)`` bilinear weights and long ones a gather of the two neighbours; along any other
+    dimension, runs of strided ``lerp``.
+
+    Attributes:
+        units: Input length along the axis.
+        size: Output length along the axis.
+        identity: Output ``q`` is exactly unit ``q``.
     """
-    n, size = src.shape[dim], out.shape[dim]
-    a, b = amap.a, amap.b
-    if n == 1:
-        out.copy_(src)
-        return
-    # q < lo: u <= 0 (unit 0); q >= hi: u >= n - 1 (last unit); between: 0 < u < n - 1.
-    lo = min(size, max(0, math.floor(-b / a) + 1))
-    hi = min(size, max(lo, math.ceil((n - 1 - b) / a)))
-    if lo:
-        out.narrow(dim, 0, lo).copy_(src.narrow(dim, 0, 1))
-    if hi < size:
-        out.narrow(dim, hi, size - hi).copy_(src.narrow(dim, n - 1, 1))
-    if hi == lo:
-        return
-    period, step = a.denominator, a.numerator
-    if period > _MAX_PHASES:
-        _gather_axis(src, dim, amap, out, lo, hi)
-        return
-    for phase in range(min(period, hi - lo)):
-        q0 = lo + phase
-        count = (hi - q0 + period - 1) // period
-        u = a * q0 + b
-        i0 = math.floor(u)
-        t = u - i0
-        span = step * (count - 1) + 1
-        target = out[_index(dim, slice(q0, q0 + period * (count - 1) + 1, period))]
-        first = src[_index(dim, slice(i0, i0 + span, step))]
-        if t == 0:
-            target.copy_(first)
+
+    def __init__(self, amap: AxisMap, units: int, size: int) -> None:
+        self.amap, self.units, self.size = amap, units, size
+        a, b = amap.a, amap.b
+        self.identity = a == 1 and b == 0 and units == size
+        # q < lo: u < 0 (unit 0); q >= hi: u >= n - 1 (last unit); between: 0 <= u < n - 1.
+        if units == 1:
+            self.lo = self.hi = size
         else:
-            second = src[_index(dim, slice(i0 + 1, i0 + 1 + span, step))]
-            torch.lerp(first, second, float(t), out=target)
+            self.lo = min(size, max(0, math.ceil(-b / a)))
+            self.hi = min(size, max(self.lo, math.ceil((units - 1 - b) / a)))
+        self.period, self.step = a.denominator, a.numerator
+        period = self.period
+        # Blocks of `period` outputs begin where the unit on the left changes (or a whole period
+        # before), so that upsampling is one run for all the blocks, plus a short lead-in and
+        # what is left at the end.
+        self.runs: list[_Run] = []
+        change = min(self.hi, math.ceil((math.ceil(a * self.lo + b) - b) / a))
+        start = change - (change - self.lo) // period * period
+        if start > self.lo:
+            self.runs += self._runs(self.lo, 1, start - self.lo)
+        blocks = (self.hi - start) // period
+        if blocks:
+            self.runs += self._runs(start, blocks, period)
+        start += blocks * period
+        if start < self.hi:
+            self.runs += self._runs(start, 1, self.hi - start)
+        self._cache: dict[tuple[str, torch.dtype, torch.device], list[torch.Tensor]] = {}
+
+    def _runs(self, start: int, blocks: int, period: int) -> list[_Run]:
+        """The runs of ``blocks`` blocks of ``period`` outputs from ``start``."""
+        a, b = self.amap.a, self.amap.b
+        runs: list[_Run] = []
+        for p in range(period):
+            u = a * (start + p) + b
+            unit = math.floor(u)
+            if runs and runs[-1].unit == unit:
+                runs[-1].weights.append(float(u - unit))
+            else:
+                runs.append(_Run(start, blocks, period, p, unit, [float(u - unit)]))
+        return runs
+
+    def _coordinates(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left unit ``(hi - lo,)`` long and weight of the right one, float64, of ``lo..hi``."""
+        u = torch.arange(lo, hi, dtype=torch.float64) * float(self.amap.a) + float(self.amap.b)
+        u = u.clamp(0, self.units - 1)
+        left = u.floor().clamp(max=max(self.units - 2, 0))
+        return left.long(), u - left
+
+    def _matrix(self) -> list[torch.Tensor]:
+        """``(units, size)``: output ``q`` is column ``q`` of weights times the units."""
+        left, t = self._coordinates(0, self.size)
+        matrix = torch.zeros(self.units, self.size, dtype=torch.float64)
+        q = torch.arange(self.size)
+        matrix.index_put_((left, q), 1 - t, accumulate=True)
+        matrix.index_put_((left + 1, q), t, accumulate=True)
+        return [matrix]
+
+    def _gather(self) -> list[torch.Tensor]:
+        return list(self._coordinates(self.lo, self.hi))
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [torch.tensor(run.weights, dtype=torch.float64) for run in self.runs]
+
+    def _cached(
+        self, make: Callable[[], list[torch.Tensor]], like: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The constants ``make`` gives, on ``like``'s device in its dtype (indices stay long),
+        made once per dtype and device."""
+        key = (make.__name__, like.dtype, like.device)
+        if key not in self._cache:
+            self._cache[key] = [
+                t.to(like.device) if t.dtype == torch.long else t.to(like) for t in make()
+            ]
+        return self._cache[key]
+
+    def apply(self, src: torch.Tensor, dim: int, out: torch.Tensor) -> None:
+        """Write ``src`` resampled along ``dim`` into ``out`` (same shape but ``dim``).
+
+        ``out`` may be any strided view, of ``src``'s dtype or a lower-precision one (computed
+        in ``src``'s dtype, rounded once when written); it is written, never reallocated.
+        """
+        n, size, lo, hi = self.units, self.size, self.lo, self.hi
+        if self.identity:
+            out.copy_(src)
+            return
+        last = dim == src.dim() - 1
+        if (
+            last
+            and 1 < n <= _MATMUL_UNITS
+            and self.period > 2
+            and out.is_contiguous()
+            and out.dtype == src.dtype
+        ):
+            (matrix,) = self._cached(self._matrix, src)
+            torch.mm(src.reshape(-1, n), matrix, out=out.view(-1, size))
+            return
+        if lo:
+            out.narrow(dim, 0, lo).copy_(src.narrow(dim, 0, 1))
+        if hi < size:
+            out.narrow(dim, hi, size - hi).copy_(src.narrow(dim, n - 1, 1))
+        if hi == lo:
+            return
+        # left + weight * (right - left): unlike lerp, addcmul rounds into a narrower out
+        diff = torch.diff(src, dim=dim)
+        ops = sum(len(run.weights) for run in self.runs) if last else len(self.runs)
+        if ops > _MAX_RUNS:
+            left_units, t = self._cached(self._gather, src)
+            shape = [1] * src.dim()
+            shape[dim] = hi - lo
+            torch.addcmul(
+                src.index_select(dim, left_units),
+                diff.index_select(dim, left_units),
+                t.view(shape),
+                out=out.narrow(dim, lo, hi - lo),
+            )
+            return
+        for run, weights in zip(self.runs, self._cached(self._weights, src), strict=True):
+            blocks = out.narrow(dim, run.start, run.blocks * run.period)
+            target = blocks.view(
+                *blocks.shape[:dim], run.blocks, run.period, *blocks.shape[dim + 1 :]
+            ).narrow(dim + 1, run.offset, len(run.weights))
+            span = _index(
+                dim, slice(run.unit, run.unit + self.step * (run.blocks - 1) + 1, self.step)
+            )
+            left, rise = src[span], diff[span]
+            if last:  # one op per phase: vectorised along the blocks, not the few phases
+                for p, weight in enumerate(run.weights):
+                    torch.add(left, rise, alpha=weight, out=target.select(dim + 1, p))
+            elif not any(run.weights):
+                target.copy_(left.unsqueeze(dim + 1))
+            else:
+                shape = [1] * target.dim()
+                shape[dim + 1] = len(run.weights)
+                torch.addcmul(
+                    left.unsqueeze(dim + 1),
+                    rise.unsqueeze(dim + 1),
+                    weights.view(shape),
+                    out=target,
+                )
 
 
-def _gather_axis(
-    src: torch.Tensor, dim: int, amap: AxisMap, out: torch.Tensor, lo: int, hi: int
-) -> None:
-    q = torch.arange(lo, hi, dtype=torch.float64, device=src.device)
-    u = q * float(amap.a) + float(amap.b)
-    i0 = u.floor().clamp(0, src.shape[dim] - 2)
-    shape = [1] * src.dim()
-    shape[dim] = hi - lo
-    t = (u - i0).to(src.dtype).view(shape)
-    index = i0.long()
-    torch.lerp(
-        src.index_select(dim, index),
-        src.index_select(dim, index + 1),
-        t,
-        out=out.narrow(dim, lo, hi - lo),
-    )
+def resample(src: torch.Tensor, rows: AxisPlan, cols: AxisPlan, out: torch.Tensor) -> None:
+    """Write the maps ``src`` ``(B, C, h, w)`` resampled by ``rows`` and ``cols`` into ``out``
+    ``(B, C, H, W)``, any strided view of the same dtype."""
+    if cols.identity:
+        rows.apply(src, 2, out)
+        return
+    if rows.identity:
+        for b in range(src.shape[0]):
+            cols.apply(src[b], 2, out[b])
+        return
+    bsz, channels, h, w = src.shape
+    height, width = out.shape[-2:]
+    # the axis that leaves the smaller intermediate first, through a scratch that stays in cache
+    if h * width <= height * w:
+        first, first_dim, second, second_dim, inner = cols, 2, rows, 1, (h, width)
+    else:
+        first, first_dim, second, second_dim, inner = rows, 1, cols, 2, (height, w)
+    chunk = max(1, min(channels, _SCRATCH_BYTES // (math.prod(inner) * src.element_size())))
+    scratch = src.new_empty(chunk, *inner)
+    for b in range(bsz):
+        for c in range(0, channels, chunk):
+            part = scratch[: min(chunk, channels - c)]
+            first.apply(src[b, c : c + len(part)], first_dim, part)
+            second.apply(part, second_dim, out[b, c : c + len(part)])
 
 
 def sample_points(
     fmap: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor, out: torch.Tensor
 ) -> None:
     """Write bilinear samples of ``fmap`` ``(B, C, h, w)`` at unit coordinates ``uy``, ``ux``
-    ``(B, N)`` (clamped to the map) into ``out`` ``(B, N, C)``, any strided view.
+    ``(B, N)`` (clamped to the map) into ``out`` ``(B, N, C)``: a slice of the channels of a
+    contiguous tensor, of ``fmap``'s dtype or a narrower one.
 
-    Per image, one ``index_select`` fetches the four neighbours of every point and three lerps
-    combine them. Maps with fewer units than points are first made channels-last, so that each
-    neighbour is one contiguous row and the lerps write ``out`` directly; larger maps are
-    gathered along each channel's contiguous row instead, and transposed into ``out``. Tiny
-    maps (deep layers: few units, many channels) are one matrix product with the ``(N, h*w)``
-    bilinear weights instead, which never materialises the four neighbours of every point.
+    A map with few units per point is copied channels-last once and becomes the table of an
+    ``embedding_bag`` that sums each point's four neighbours with their bilinear weights, a
+    slice of points at a time, straight from rows of the table. A larger map is not copied:
+    each image's four neighbours are gathered along every channel's row instead.
     """
     bsz, channels, h, w = fmap.shape
     n = uy.shape[1]
@@ -128,30 +281,28 @@ def sample_points(
     ux = ux.clamp(0, w - 1)
     y0 = uy.floor().clamp(max=max(h - 2, 0))
     x0 = ux.floor().clamp(max=max(w - 2, 0))
-    ty = (uy - y0).to(fmap.dtype)
-    tx = (ux - x0).to(fmap.dtype)
+    ty, tx = uy - y0, ux - x0
     down, right = (w if h > 1 else 0), (1 if w > 1 else 0)
     base = y0.long() * w + x0.long()
-    index = torch.cat((base, base + right, base + down, base + down + right), dim=1)
-    if h * w <= _MATMUL_UNITS:
-        weights = torch.stack(((1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx), 1)
-        rows = torch.arange(n, device=fmap.device).repeat(4) * (h * w)
+    if h * w > 4 * n:
+        index = torch.stack((base, base + right, base + down, base + down + right), 1)
+        wy, wx = ty.to(fmap.dtype), tx.to(fmap.dtype)
         for b in range(bsz):
-            dense = fmap.new_zeros(n, h * w)
-            dense.view(-1).index_put_((rows + index[b],), weights[b].reshape(-1), accumulate=True)
-            torch.mm(dense, fmap[b].reshape(channels, h * w).T, out=out[b])
+            flat = fmap[b].reshape(channels, h * w)
+            near = flat.index_select(1, index[b].view(-1)).view(channels, 4, n)
+            top = torch.lerp(near[:, 0], near[:, 1], wx[b])
+            bottom = torch.lerp(near[:, 2], near[:, 3], wx[b])
+            out[b].copy_(torch.lerp(top, bottom, wy[b]).T)
         return
-    channels_last = h * w <= 4 * n
-    for b in range(bsz):
-        flat = fmap[b].reshape(channels, h * w)
-        if channels_last:
-            near = flat.T.contiguous().index_select(0, index[b]).view(4, n, channels)
-            wy, wx = ty[b, :, None], tx[b, :, None]
-            top = torch.lerp(near[0], near[1], wx)
-            bottom = torch.lerp(near[2], near[3], wx)
-            torch.lerp(top, bottom, wy, out=out[b])
-        else:
-            near = flat.index_select(1, index[b]).view(channels, 4, n)
-            top = torch.lerp(near[:, 0], near[:, 1], tx[b])
-            bottom = torch.lerp(near[:, 2], near[:, 3], tx[b])
-            out[b].copy_(torch.lerp(top, bottom, ty[b]).T)
+    base = base + torch.arange(bsz, device=fmap.device)[:, None] * (h * w)
+    index = torch.stack((base, base + right, base + down, base + down + right), -1).view(-1, 4)
+    weights = torch.stack(((1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx), -1)
+    weights = weights.view(-1, 4).to(fmap.dtype)
+    table = fmap.permute(0, 2, 3, 1).contiguous().view(-1, channels)  # rows: (b, y, x)
+    target = out.view(bsz * n, channels)
+    rows = max(1, _POINT_ROWS_BYTES // (channels * fmap.element_size()))
+    for r in range(0, bsz * n, rows):
+        sums = F.embedding_bag(
+            index[r : r + rows], table, per_sample_weights=weights[r : r + rows], mode="sum"
+        )
+        target[r : r + rows].copy_(sums)

@@ -154,6 +154,10 @@ class FeatureExtractor:
         self.layers = resolve(self.available, layers, self.input_size)
         self._sources = list(dict.fromkeys(_source(layer) for layer in self.layers))
         self._modules = {name: model.get_submodule(name) for name in self._sources}
+        self._of_source = {
+            name: [layer for layer in self.layers if _source(layer) == name]
+            for name in self._sources
+        }
         self._clone: set[str] = self._probe()
 
     def _probe(self) -> set[str]:
@@ -161,27 +165,27 @@ class FeatureExtractor:
         shape = (1, self.in_channels, *self.input_size)
         try:
             with _ToMeta():  # type: ignore[no-untyped-call]
-                captured = self._run(torch.empty(shape, device="meta"), clone=set())
+                captured = self._capture(torch.empty(shape, device="meta"), clone=set())
         except Exception:  # a model that needs real values: clone all but the last one
             return set(self._sources)
         return {name for name, (t, version) in captured.items() if t._version != version}
 
-    def _run(self, x: torch.Tensor, clone: set[str]) -> dict[str, tuple[torch.Tensor, int]]:
-        captured: dict[str, tuple[torch.Tensor, int]] = {}
+    def _run(self, x: torch.Tensor, on_output: Callable[[str, torch.Tensor], None]) -> None:
+        """Run the model on ``x`` until every source module has run, handing each one's first
+        output to ``on_output`` inside its forward hook."""
+        done: set[str] = set()
         total = len(self._sources)
 
         def make_hook(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: Any, output: Any) -> None:
-                if name in captured:
+                if name in done:
                     return  # a module that runs again (a reused ReLU): its first call counts
                 t = _first_tensor(output)
                 if t is None:
                     return
-                last = len(captured) + 1 == total
-                if name in clone and not last:
-                    t = t.clone()
-                captured[name] = (t, t._version)
-                if last:
+                done.add(name)
+                on_output(name, t)
+                if len(done) == total:
                     raise _Stop
 
             return hook
@@ -193,13 +197,25 @@ class FeatureExtractor:
             suppress(_Stop),
         ):
             self.model(x)
-        missing = [n for n in self._sources if n not in captured]
+        missing = [n for n in self._sources if n not in done]
         if missing:
             raise ModelError(
                 f"layers {missing} did not produce a tensor when the model ran on a "
                 f"{tuple(x.shape)} input (they run on some inputs only?); choose layers that "
                 "`hypercolumns layers` lists for this input size"
             )
+
+    def _capture(self, x: torch.Tensor, clone: set[str]) -> dict[str, tuple[torch.Tensor, int]]:
+        """Each source's output and its version counter when captured (cloned when in
+        ``clone``, unless it is the last to run, which nothing can change after)."""
+        captured: dict[str, tuple[torch.Tensor, int]] = {}
+
+        def keep(name: str, t: torch.Tensor) -> None:
+            if name in clone and len(captured) + 1 < len(self._sources):
+                t = t.clone()
+            captured[name] = (t, t._version)
+
+        self._run(x, keep)
         return captured
 
     def check(self, x: torch.Tensor) -> None:
@@ -225,16 +241,36 @@ class FeatureExtractor:
             was when the module ran (class tokens ``(B, C)``).
         """
         self.check(x)
-        captured = self._run(x, self._clone)
+        captured = self._capture(x, self._clone)
         changed = {n for n, (t, v) in captured.items() if n not in self._clone and t._version != v}
         if changed:  # an in-place op the meta run did not see: run again with clones
             self._clone |= changed
-            captured = self._run(x, self._clone)
+            captured = self._capture(x, self._clone)
         out: dict[str, torch.Tensor] = {}
         for layer in self.layers:
             t = captured[_source(layer)][0]
             out[layer.name] = self._value(layer, t, as_maps)
         return out
+
+    def stream(self, x: torch.Tensor, consume: Callable[[Layer, torch.Tensor], None]) -> None:
+        """Run the needed prefix on ``x``, handing each requested layer's value to ``consume``
+        the moment its module has produced it, before any later op runs.
+
+        Nothing is captured or cloned: ``consume`` reads each value while it is fresh (and hot
+        in cache) and must copy what it keeps, since a later in-place op may change it.
+
+        Args:
+            x: Images ``(B, C, H, W)`` of the planned size, on the model's device.
+            consume: Called with each layer and its value as :meth:`__call__` with
+                ``as_maps=True`` gives it, in the order the layers run.
+        """
+        self.check(x)
+
+        def hand_over(name: str, t: torch.Tensor) -> None:
+            for layer in self._of_source[name]:
+                consume(layer, self._value(layer, t, as_maps=True))
+
+        self._run(x, hand_over)
 
     def _value(self, layer: Layer, t: torch.Tensor, as_maps: bool) -> torch.Tensor:
         if layer.name.endswith(CLS):

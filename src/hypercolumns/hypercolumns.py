@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hypercolumns._sampling import AxisMap, resample_axis, sample_points
+from hypercolumns._sampling import AxisMap, AxisPlan, resample, sample_points
 from hypercolumns.errors import HypercolumnsError, InputSizeError
 from hypercolumns.features import FeatureExtractor
 from hypercolumns.geometry import as_fraction
@@ -153,6 +153,21 @@ def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
         ) from err
 
 
+def _check_out(
+    out: object, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise HypercolumnsError(f"out must be a tensor, got {type(out).__name__}")
+    got = (tuple(out.shape), out.dtype, out.device)
+    if got != (shape, dtype, device) or not out.is_contiguous():
+        layout = "" if out.is_contiguous() else " (not contiguous)"
+        raise HypercolumnsError(
+            f"out must be a contiguous {dtype} tensor of shape {shape} on {device}, got "
+            f"{out.dtype} {tuple(out.shape)} on {out.device}{layout}; allocate it with "
+            f"torch.empty({shape}, dtype={dtype})"
+        )
+
+
 def _projection(
     name: str, value: torch.Tensor | PCA, channels: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -250,7 +265,7 @@ class HypercolumnExtractor:
             self.slices[layer.name] = slice(start, start + width)
             start += width
         self.channels = start
-        self._maps: dict[tuple[str, int, int], tuple[AxisMap, AxisMap]] = {}
+        self._plans: dict[tuple[str, int, int], tuple[AxisPlan, AxisPlan]] = {}
 
     @staticmethod
     def _check_normalize(
@@ -285,17 +300,17 @@ class HypercolumnExtractor:
 
     # -- planning helpers ----------------------------------------------------------------------
 
-    def _axis_maps(self, layer: Layer, h: int, w: int) -> tuple[AxisMap, AxisMap]:
+    def _axis_plans(self, layer: Layer, h: int, w: int) -> tuple[AxisPlan, AxisPlan]:
         key = (layer.name, h, w)
-        if key not in self._maps:
+        if key not in self._plans:
             (height, width), (out_h, out_w) = self.input_size, self.size
             if self.align == "half-pixel":
-                maps = (AxisMap.half_pixel(h, out_h), AxisMap.half_pixel(w, out_w))
+                my, mx = AxisMap.half_pixel(h, out_h), AxisMap.half_pixel(w, out_w)
             else:
                 (cy, sy), (cx, sx) = _fraction_axis(layer, 0), _fraction_axis(layer, 1)
-                maps = (AxisMap.rf(cy, sy, height, out_h), AxisMap.rf(cx, sx, width, out_w))
-            self._maps[key] = maps
-        return self._maps[key]
+                my, mx = AxisMap.rf(cy, sy, height, out_h), AxisMap.rf(cx, sx, width, out_w)
+            self._plans[key] = (AxisPlan(my, h, out_h), AxisPlan(mx, w, out_w))
+        return self._plans[key]
 
     def _guard(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
         need = math.prod(shape) * (torch.finfo(dtype).bits // 8)
@@ -358,7 +373,8 @@ class HypercolumnExtractor:
     # -- running ---------------------------------------------------------------------------------
 
     def _prepare(self, layer: Layer, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Standardise and project one layer's ``(B, C, h, w)`` map or ``(B, C)`` vector."""
+        """Standardise and project one layer's ``(B, C, h, w)`` map or ``(B, C)`` vector, in
+        the wider of its dtype and the output's."""
         if layer.name in self._standardize:
             mean, std = (
                 t.to(value).reshape(-1, *[1] * (value.dim() - 2))
@@ -373,7 +389,8 @@ class HypercolumnExtractor:
             if center is not None:
                 projected = projected - (matrix @ center.to(value)).unsqueeze(-1)
             value = projected.reshape(value.shape[0], -1, *value.shape[2:])
-        return value.to(dtype)
+        # sampled at the wider of the two precisions, rounded once into the output
+        return value.to(torch.promote_types(value.dtype, dtype))
 
     def __call__(
         self,
@@ -382,8 +399,18 @@ class HypercolumnExtractor:
         *,
         labels: torch.Tensor | None = None,
         seed: int | None = 0,
+        out: torch.Tensor | None = None,
     ) -> Hypercolumns:
-        """Hypercolumns of the batch ``x`` ``(B, C, H, W)``; see :func:`hypercolumns`."""
+        """Hypercolumns of the batch ``x`` ``(B, C, H, W)``; see :func:`hypercolumns`.
+
+        Each layer is upsampled or sampled into the output inside its forward hook, as soon as
+        its module has run, so no feature map is kept or copied.
+
+        Args:
+            out: A contiguous tensor of the result's shape, dtype and device to write into and
+                return as ``features``, instead of allocating one: reusing one buffer across
+                calls saves allocating (and first touching) a large output every time.
+        """
         self.features.check(x)
         batch, device = x.shape[0], x.device
         dtype = self.dtype or (x.dtype if x.is_floating_point() else torch.float32)
@@ -401,24 +428,30 @@ class HypercolumnExtractor:
             )
         else:
             shape = (batch, pts.shape[1], self.channels)
-        self._guard(shape, dtype, device)
-        maps = self.features(x, as_maps=True)
-        out = torch.empty(shape, dtype=dtype, device=device)
-        for layer in self.layers:
-            value = self._prepare(layer, maps[layer.name], dtype)
+        if out is None:
+            self._guard(shape, dtype, device)
+            result = torch.empty(shape, dtype=dtype, device=device)
+        else:
+            _check_out(out, shape, dtype, device)
+            result = out
+
+        def consume(layer: Layer, value: torch.Tensor) -> None:
+            value = self._prepare(layer, value, dtype)
             sl = self.slices[layer.name]
             if pts is None:
-                self._dense(layer, value, out[:, sl])
+                self._dense(layer, value, result[:, sl])
             else:
-                self._sparse(layer, value, pts, out[..., sl])
+                self._sparse(layer, value, pts, result[..., sl])
+
+        self.features.stream(x, consume)
         if self.normalize == "l2":
             for sl in self.slices.values():
-                block = out[:, sl] if pts is None else out[..., sl]
+                block = result[:, sl] if pts is None else result[..., sl]
                 dim = 1 if pts is None else -1
                 norm = torch.linalg.vector_norm(block, dim=dim, keepdim=True, dtype=torch.float32)
                 block.div_(norm.clamp_min(1e-12).to(dtype))
         return Hypercolumns(
-            out,
+            result,
             None if pts is None else pts.to(torch.float32),
             dict(self.slices),
             list(self.layers),
@@ -428,24 +461,7 @@ class HypercolumnExtractor:
         if value.dim() == 2:  # global: one vector broadcast to every pixel
             target.copy_(value[:, :, None, None])
             return
-        h, w = value.shape[-2:]
-        out_h, out_w = target.shape[-2:]
-        my, mx = self._axis_maps(layer, h, w)
-        same_y, same_x = my.is_identity(h, out_h), mx.is_identity(w, out_w)
-        if same_y and same_x:
-            target.copy_(value)
-        elif same_x:
-            resample_axis(value, 2, my, target)
-        elif same_y:
-            resample_axis(value, 3, mx, target)
-        elif h * out_w <= out_h * w:  # the smaller intermediate first
-            tmp = value.new_empty(*value.shape[:2], h, out_w)
-            resample_axis(value, 3, mx, tmp)
-            resample_axis(tmp, 2, my, target)
-        else:
-            tmp = value.new_empty(*value.shape[:2], out_h, w)
-            resample_axis(value, 2, my, tmp)
-            resample_axis(tmp, 3, mx, target)
+        resample(value, *self._axis_plans(layer, *value.shape[-2:]), target)
 
     def _sparse(
         self, layer: Layer, value: torch.Tensor, pts: torch.Tensor, target: torch.Tensor
