@@ -443,6 +443,8 @@ def test_window_attention_reads_whole_windows() -> None:
     assert geometry(qkv.rf) == ((4, 4), (4.0, 4.0), (1.5, 1.5))
     assert proj.rf.size == (16, 16)
     assert "1.qkv" not in [la.name for la in hc.select(list(found.values()), "all")]
+    with pytest.raises(hc.HypercolumnsError, match="laid out as windows"):
+        hc.hypercolumns(model, torch.zeros(1, 3, 64, 64), ["1.qkv"])
 
 
 def test_shifted_windows_follow_the_roll() -> None:

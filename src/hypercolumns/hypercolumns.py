@@ -239,10 +239,15 @@ class HypercolumnExtractor:
         names = [layer.name for layer in self.layers]
         for layer in self.layers:
             if layer.rf is None or (not layer.rf.is_global and layer.layout is None):
+                why = (
+                    "is unknown (see the GeometryWarning of `hypercolumns layers`)"
+                    if layer.rf is None
+                    else "is laid out as windows (tokens grouped by window), not as a map"
+                )
                 raise HypercolumnsError(
-                    f"the geometry of layer {layer.name!r} is unknown (see the GeometryWarning "
-                    "of `hypercolumns layers`), so it cannot be placed on the image; choose "
-                    "other layers, or read it raw with feature_maps"
+                    f"the output of layer {layer.name!r} {why}, so it cannot be placed on the "
+                    "image; choose other layers (e.g. the block's output), or read it raw with "
+                    "feature_maps"
                 )
         self._standardize = self._check_normalize(normalize, names)
         self.normalize = "l2" if isinstance(normalize, str) else None
