@@ -26,7 +26,7 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-from hypercolumns._sampling import AxisMap, resample_axis
+from hypercolumns._sampling import AxisMap, AxisPlan, resample
 from hypercolumns.errors import HypercolumnsError, InputSizeError
 from hypercolumns.features import FeatureExtractor
 from hypercolumns.geometry import Axis
@@ -245,14 +245,14 @@ class BandedHypercolumns:
         if x.shape[0] != 1:
             raise HypercolumnsError(f"bands are computed one image at a time, got {x.shape[0]}")
         dtype = self.dtype or (x.dtype if x.is_floating_point() else torch.float32)
-        height, width = self.input_size
+        width = self.input_size[1]
         for band in self.plan(rows):
             (r0, r1), (a, b) = band.rows, band.slab
             a, b, slab = self._extractor(a, b)
             maps = slab(x[:, :, a:b], as_maps=True)
             out = torch.empty((1, self.channels, r1 - r0, width), dtype=dtype, device=x.device)
             for layer in self.layers:
-                my, mx, h, w = self._maps(layer)
+                my, mx, _, w = self._maps(layer)
                 stride = _axis_y(layer).stride
                 offset = a * stride.denominator // stride.numerator
                 assert offset * stride.numerator == a * stride.denominator
@@ -264,21 +264,8 @@ class BandedHypercolumns:
                         f"outside the slab's {offset}..{offset + value.shape[2]}"
                     )
                 window = value.narrow(2, i0 - offset, i1 - i0)
-                band_y = AxisMap(my.a, my.b + my.a * r0 - i0)
-                target = out[:, self.slices[layer.name]]
-                same_y, same_x = my.is_identity(h, height), mx.is_identity(w, width)
-                if same_x:
-                    resample_axis(window, 2, band_y, target)
-                elif same_y:
-                    resample_axis(window, 3, mx, target)
-                elif h * width <= height * w:  # the order the whole image uses
-                    tmp = window.new_empty(*window.shape[:3], width)
-                    resample_axis(window, 3, mx, tmp)
-                    resample_axis(tmp, 2, band_y, target)
-                else:
-                    tmp = window.new_empty(*window.shape[:2], r1 - r0, w)
-                    resample_axis(window, 2, band_y, tmp)
-                    resample_axis(tmp, 3, mx, target)
+                band_y = AxisPlan(AxisMap(my.a, my.b + my.a * r0 - i0), i1 - i0, r1 - r0)
+                resample(window, band_y, AxisPlan(mx, w, width), out[:, self.slices[layer.name]])
             yield r0, out[0]
 
     def check(self, *, width: int = 64) -> None:

@@ -305,16 +305,19 @@ class HypercolumnExtractor:
 
     # -- planning helpers ----------------------------------------------------------------------
 
+    def _axis_maps(self, layer: Layer, h: int, w: int) -> tuple[AxisMap, AxisMap]:
+        """Where output pixels sample an ``h x w`` map of ``layer``, per axis."""
+        (height, width), (out_h, out_w) = self.input_size, self.size
+        if self.align == "half-pixel":
+            return AxisMap.half_pixel(h, out_h), AxisMap.half_pixel(w, out_w)
+        (cy, sy), (cx, sx) = _fraction_axis(layer, 0), _fraction_axis(layer, 1)
+        return AxisMap.rf(cy, sy, height, out_h), AxisMap.rf(cx, sx, width, out_w)
+
     def _axis_plans(self, layer: Layer, h: int, w: int) -> tuple[AxisPlan, AxisPlan]:
         key = (layer.name, h, w)
         if key not in self._plans:
-            (height, width), (out_h, out_w) = self.input_size, self.size
-            if self.align == "half-pixel":
-                my, mx = AxisMap.half_pixel(h, out_h), AxisMap.half_pixel(w, out_w)
-            else:
-                (cy, sy), (cx, sx) = _fraction_axis(layer, 0), _fraction_axis(layer, 1)
-                my, mx = AxisMap.rf(cy, sy, height, out_h), AxisMap.rf(cx, sx, width, out_w)
-            self._plans[key] = (AxisPlan(my, h, out_h), AxisPlan(mx, w, out_w))
+            my, mx = self._axis_maps(layer, h, w)
+            self._plans[key] = (AxisPlan(my, h, self.size[0]), AxisPlan(mx, w, self.size[1]))
         return self._plans[key]
 
     def _guard(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
