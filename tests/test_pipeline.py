@@ -409,6 +409,16 @@ def test_runs_compute_large_images_in_bands(tmp_path: Path, points: int | None) 
         np.testing.assert_allclose(entry.features, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_images_that_bands_cannot_compute_fail_with_the_reason(tmp_path: Path) -> None:
+    for name, size in [("big.png", (150, 40)), ("small.png", (12, 12)), ("tall.png", (160, 40))]:
+        picture(tmp_path / name, size, 0)
+    summary = run([tmp_path], tmp_path / "se.zarr", Settings(f"{HERE / 'tiny_models.py'}:tiny_se",
+                  "2"), max_memory=100_000)  # fmt: skip
+    assert summary.done == 1
+    assert [f.key for f in summary.failed] == ["big.png", "tall.png"]
+    assert all("pools context over the whole image" in f.reason for f in summary.failed)
+
+
 # -- interrupted runs ----------------------------------------------------------------------------
 
 

@@ -557,7 +557,7 @@ class Extraction:
         )
         self._plans: OrderedDict[tuple[int, int], HypercolumnExtractor] = OrderedDict()
         self._bands: OrderedDict[tuple[int, int], BandedHypercolumns] = OrderedDict()
-        self._banding_checked = False
+        self._banding: str | None = None  # why bands cannot be used ("": they can)
 
     def config(self, *, labels: bool = False) -> dict[str, Any]:
         """The store configuration of this run (``labels``: sparse points carry mask labels)."""
@@ -620,15 +620,21 @@ class Extraction:
                     f"{self.max_memory / 2**30:.2f} GiB, and bands need the output at the input "
                     "size (no --size); raise the memory budget or --resize the images"
                 )
-            self._bands[size] = BandedHypercolumns(
+            banded = BandedHypercolumns(
                 self.model, self.layers, size, in_channels=self.decode_options.channels,
                 align=self.settings.align, dtype=self.settings.torch_dtype,
             )  # fmt: skip
+            if self._banding is None:  # once per run: does this model allow bands at all?
+                try:
+                    banded.check()
+                    self._banding = ""
+                except HypercolumnsError as err:
+                    self._banding = str(err)
+            if self._banding:
+                raise HypercolumnsError(self._banding)
+            self._bands[size] = banded
             if len(self._bands) > _PLANS:
                 self._bands.popitem(last=False)
-            if not self._banding_checked:
-                self._bands[size].check()
-                self._banding_checked = True
         return self._bands[size]
 
     def fits(self, item: Decoded) -> bool:
@@ -650,9 +656,8 @@ class Extraction:
         assert item.image is not None
         if self.band_rows is not None:
             return self.band_rows
-        return self._banded(tuple(item.image.shape[1:])).rows_for(  # type: ignore[arg-type]
-            self.max_memory, _BAND_QUANTUM
-        )
+        banded = self._banded((item.image.shape[1], item.image.shape[2]))
+        return banded.rows_for(self.max_memory, _BAND_QUANTUM)
 
     def dense_shape(self, item: Decoded) -> tuple[int, int, int]:
         """The ``(C, H, W)`` of ``item``'s dense hypercolumns."""

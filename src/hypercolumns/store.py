@@ -4,7 +4,7 @@ A store is a folder named by its kind:
 
 * ``NAME.zarr``, dense: a Zarr v3 group with one ``(C, H, W)`` array per image, at the image's
   key (``cats/001.jpg``; folders become groups), chunked ``(C', 64, 64)`` and compressed
-  (Blosc zstd with byte shuffle). The run configuration is the root group's attribute
+  (Blosc lz4 with byte shuffle). The run configuration is the root group's attribute
   ``hypercolumns``; each array's attribute ``hypercolumns`` holds its image's record (source
   file, preprocessing).
 * ``NAME.parquet``, sparse: a Parquet data set of part files ``part-NNNNNN.parquet`` with the
@@ -527,7 +527,7 @@ class DenseSlot:
             shape=shape,
             chunks=_chunks(shape, np.dtype(dtype).itemsize, chunk_rows),
             dtype=dtype,
-            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
+            compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
             fill_value=0,
             attributes={"hypercolumns": {"key": key, **self.record}},
             dimension_names=("channel", "y", "x"),
