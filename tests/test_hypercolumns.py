@@ -121,6 +121,18 @@ def test_sparse_takes_int_and_float_points_shared_by_the_batch(resnet: nn.Module
     assert as_int.points.dtype == torch.float32
 
 
+def test_extractor_replans_sparse_sampling_when_the_points_change(resnet: nn.Module) -> None:
+    ext = hc.HypercolumnExtractor(resnet, LAYERS, 32)
+    x = torch.randn(2, 3, 32, 32)
+    a, b = torch.tensor([[0, 0], [31, 5], [7, 9]]), torch.tensor([[3, 4], [20, 20], [31, 31]])
+    first = ext(x, a).features
+    for points in (b, a, b[:2], 3, 3):
+        expected = hc.hypercolumns(resnet, x, LAYERS, points=points)
+        got = ext(x, points)
+        torch.testing.assert_close(got.features, expected.features, rtol=0, atol=0)
+    torch.testing.assert_close(ext(x, a).features, first, rtol=0, atol=0)
+
+
 def test_half_pixel_equals_interpolate(resnet: nn.Module) -> None:
     x = torch.randn(2, 3, 32, 48)
     names = ["layer1", "layer3", "layer4"]

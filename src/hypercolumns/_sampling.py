@@ -35,7 +35,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AxisMap", "AxisPlan", "resample", "sample_points"]
+__all__ = ["AxisMap", "AxisPlan", "PointPlan", "resample", "sample_points"]
 
 _MAX_RUNS = 64
 _MATMUL_UNITS = 64
@@ -263,46 +263,75 @@ def resample(src: torch.Tensor, rows: AxisPlan, cols: AxisPlan, out: torch.Tenso
             second.apply(part, second_dim, out[b, c : c + len(part)])
 
 
+class PointPlan:
+    """Where points at unit coordinates ``uy``, ``ux`` ``(B, N)`` fall on ``(h, w)`` maps: the
+    four neighbours of each point (clamped to the map) and their bilinear weights, computed
+    once for every map of that size and dtype sampled at those points.
+
+    A map with few units per point is copied channels-last and becomes the table of an
+    ``embedding_bag`` that sums each point's four weighted neighbours straight from its rows,
+    a slice of points at a time. A larger map is not copied: each image's four neighbours are
+    gathered along every channel's row instead.
+
+    Attributes:
+        key: ``(B, N, h, w, dtype)`` of the maps and points the plan is for.
+    """
+
+    def __init__(
+        self, uy: torch.Tensor, ux: torch.Tensor, h: int, w: int, dtype: torch.dtype
+    ) -> None:
+        bsz, n = uy.shape
+        self.key = (bsz, n, h, w, dtype)
+        uy = uy.clamp(0, h - 1)
+        ux = ux.clamp(0, w - 1)
+        y0 = uy.floor().clamp(max=max(h - 2, 0))
+        x0 = ux.floor().clamp(max=max(w - 2, 0))
+        ty, tx = uy - y0, ux - x0
+        down, right = (w if h > 1 else 0), (1 if w > 1 else 0)
+        base = y0.long() * w + x0.long()
+        self.gather = h * w > 4 * n
+        if self.gather:  # per image: (4 * N,) flat units, and the weights along x and y
+            corners = (base, base + right, base + down, base + down + right)
+            self.index = torch.cat(corners, 1)
+            self.weights = torch.stack((tx, ty), 1).to(dtype)
+        else:  # rows (b, y, x) of the channels-last table, four per point
+            base = base + torch.arange(bsz, device=base.device)[:, None] * (h * w)
+            corners = (base, base + right, base + down, base + down + right)
+            self.index = torch.stack(corners, -1).view(-1, 4)
+            weights = ((1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx)
+            self.weights = torch.stack(weights, -1).view(-1, 4).to(dtype)
+
+    def sample(self, fmap: torch.Tensor, out: torch.Tensor) -> None:
+        """Write the samples of ``fmap`` ``(B, C, h, w)`` into ``out`` ``(B, N, C)``: a slice of
+        the channels of a contiguous tensor, of ``fmap``'s dtype or a narrower one."""
+        bsz, channels, h, w = fmap.shape
+        n = self.key[1]
+        if self.gather:
+            for b in range(bsz):
+                flat = fmap[b].reshape(channels, h * w)
+                near = flat.index_select(1, self.index[b]).view(channels, 4, n)
+                wx, wy = self.weights[b]
+                top = torch.lerp(near[:, 0], near[:, 1], wx)
+                bottom = torch.lerp(near[:, 2], near[:, 3], wx)
+                out[b].copy_(torch.lerp(top, bottom, wy).T)
+            return
+        table = fmap.permute(0, 2, 3, 1).contiguous().view(-1, channels)
+        target = out.view(bsz * n, channels)
+        rows = max(1, _POINT_ROWS_BYTES // (channels * fmap.element_size()))
+        for r in range(0, bsz * n, rows):
+            sums = F.embedding_bag(
+                self.index[r : r + rows],
+                table,
+                per_sample_weights=self.weights[r : r + rows],
+                mode="sum",
+            )
+            target[r : r + rows].copy_(sums)
+
+
 def sample_points(
     fmap: torch.Tensor, uy: torch.Tensor, ux: torch.Tensor, out: torch.Tensor
 ) -> None:
     """Write bilinear samples of ``fmap`` ``(B, C, h, w)`` at unit coordinates ``uy``, ``ux``
-    ``(B, N)`` (clamped to the map) into ``out`` ``(B, N, C)``: a slice of the channels of a
-    contiguous tensor, of ``fmap``'s dtype or a narrower one.
-
-    A map with few units per point is copied channels-last once and becomes the table of an
-    ``embedding_bag`` that sums each point's four neighbours with their bilinear weights, a
-    slice of points at a time, straight from rows of the table. A larger map is not copied:
-    each image's four neighbours are gathered along every channel's row instead.
-    """
-    bsz, channels, h, w = fmap.shape
-    n = uy.shape[1]
-    uy = uy.clamp(0, h - 1)
-    ux = ux.clamp(0, w - 1)
-    y0 = uy.floor().clamp(max=max(h - 2, 0))
-    x0 = ux.floor().clamp(max=max(w - 2, 0))
-    ty, tx = uy - y0, ux - x0
-    down, right = (w if h > 1 else 0), (1 if w > 1 else 0)
-    base = y0.long() * w + x0.long()
-    if h * w > 4 * n:
-        index = torch.stack((base, base + right, base + down, base + down + right), 1)
-        wy, wx = ty.to(fmap.dtype), tx.to(fmap.dtype)
-        for b in range(bsz):
-            flat = fmap[b].reshape(channels, h * w)
-            near = flat.index_select(1, index[b].view(-1)).view(channels, 4, n)
-            top = torch.lerp(near[:, 0], near[:, 1], wx[b])
-            bottom = torch.lerp(near[:, 2], near[:, 3], wx[b])
-            out[b].copy_(torch.lerp(top, bottom, wy[b]).T)
-        return
-    base = base + torch.arange(bsz, device=fmap.device)[:, None] * (h * w)
-    index = torch.stack((base, base + right, base + down, base + down + right), -1).view(-1, 4)
-    weights = torch.stack(((1 - ty) * (1 - tx), (1 - ty) * tx, ty * (1 - tx), ty * tx), -1)
-    weights = weights.view(-1, 4).to(fmap.dtype)
-    table = fmap.permute(0, 2, 3, 1).contiguous().view(-1, channels)  # rows: (b, y, x)
-    target = out.view(bsz * n, channels)
-    rows = max(1, _POINT_ROWS_BYTES // (channels * fmap.element_size()))
-    for r in range(0, bsz * n, rows):
-        sums = F.embedding_bag(
-            index[r : r + rows], table, per_sample_weights=weights[r : r + rows], mode="sum"
-        )
-        target[r : r + rows].copy_(sums)
+    ``(B, N)`` into ``out`` ``(B, N, C)``, as :class:`PointPlan` does."""
+    h, w = fmap.shape[-2:]
+    PointPlan(uy, ux, h, w, fmap.dtype).sample(fmap, out)

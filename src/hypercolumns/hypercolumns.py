@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hypercolumns._sampling import AxisMap, AxisPlan, resample, sample_points
+from hypercolumns._sampling import AxisMap, AxisPlan, PointPlan, resample
 from hypercolumns.errors import HypercolumnsError, InputSizeError
 from hypercolumns.features import FeatureExtractor
 from hypercolumns.geometry import as_fraction
@@ -151,6 +151,10 @@ def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); use "
             "torch.float32, or torch.float16 / torch.bfloat16 where the device supports them"
         ) from err
+
+
+def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    return b is not None and a.shape == b.shape and a.device == b.device and torch.equal(a, b)
 
 
 def _check_out(
@@ -271,6 +275,8 @@ class HypercolumnExtractor:
             start += width
         self.channels = start
         self._plans: dict[tuple[str, int, int], tuple[AxisPlan, AxisPlan]] = {}
+        self._point_plans: dict[str, PointPlan] = {}  # for the points of the last call
+        self._planned_points: torch.Tensor | None = None
 
     @staticmethod
     def _check_normalize(
@@ -427,6 +433,9 @@ class HypercolumnExtractor:
         if labels is not None and points is None:
             raise HypercolumnsError("labels= stratifies sampled points: give points=N with it")
         pts = None if points is None else self._points(points, batch, labels, seed, device)
+        if pts is not None and not _same(pts, self._planned_points):
+            self._point_plans.clear()
+            self._planned_points = pts
         if pts is None:
             shape: tuple[int, ...] = (batch, self.channels, *self.size)
         elif self.size != self.input_size:
@@ -478,16 +487,19 @@ class HypercolumnExtractor:
             target.copy_(value[:, None, :])
             return
         h, w = value.shape[-2:]
-        height, width = self.input_size
-        py, px = pts[..., 0], pts[..., 1]
-        if self.align == "half-pixel":
-            uy = (py + 0.5) * (h / height) - 0.5
-            ux = (px + 0.5) * (w / width) - 0.5
-        else:
-            (cy, sy), (cx, sx) = _fraction_axis(layer, 0), _fraction_axis(layer, 1)
-            uy = (py - float(cy)) / float(sy)
-            ux = (px - float(cx)) / float(sx)
-        sample_points(value, uy, ux, target)
+        plan = self._point_plans.get(layer.name)
+        if plan is None or plan.key != (*pts.shape[:2], h, w, value.dtype):
+            height, width = self.input_size
+            py, px = pts[..., 0], pts[..., 1]
+            if self.align == "half-pixel":
+                uy = (py + 0.5) * (h / height) - 0.5
+                ux = (px + 0.5) * (w / width) - 0.5
+            else:
+                (cy, sy), (cx, sx) = _fraction_axis(layer, 0), _fraction_axis(layer, 1)
+                uy = (py - float(cy)) / float(sy)
+                ux = (px - float(cx)) / float(sx)
+            plan = self._point_plans[layer.name] = PointPlan(uy, ux, h, w, value.dtype)
+        plan.sample(value, target)
 
 
 def _sample(
