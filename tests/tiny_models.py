@@ -97,3 +97,13 @@ class _Slow(nn.Module):
 def slow_tiny() -> nn.Sequential:
     """:func:`tiny` that takes 0.1 s per forward pass (for tests that interrupt a run)."""
     return nn.Sequential(_Slow(), *tiny())
+
+
+def tiny_not_in_ray_actors() -> nn.Sequential:
+    """:func:`tiny`, but in a Ray actor building it fails (as a model file missing on a
+    cluster's nodes would), for the Ray engine's error path."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        raise RuntimeError("this model cannot be built here: not in a Ray actor")
+    return tiny()
