@@ -44,10 +44,18 @@ def ray_instance() -> Iterator[ModuleType]:
         import ray
 
         temp = tempfile.mkdtemp(prefix="hc-ray-")
-        ray.init(
-            num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp,
-            object_store_memory=128 << 20, logging_level=logging.ERROR, log_to_driver=False,
-        )  # fmt: skip
+        for attempt in (1, 2):  # a busy machine can miss Ray's 30 s start-up deadline once
+            try:
+                ray.init(
+                    num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp,
+                    object_store_memory=128 << 20, logging_level=logging.ERROR,
+                    log_to_driver=False,
+                )  # fmt: skip
+                break
+            except Exception:
+                ray.shutdown()
+                if attempt == 2:
+                    raise
         try:
             yield ray
         finally:
