@@ -25,6 +25,7 @@ from hypercolumns import _ray
 from hypercolumns import store as st
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.pipeline import Extraction, Settings, _Sink, decode, expand_inputs, run
+from tests import tiny_models
 from tests.conftest import HERE, TINY
 from tests.test_cli import assert_one_line_error
 from tests.test_cli import run as cli
@@ -156,10 +157,13 @@ def budget_between(folder: Path, settings: Settings) -> int:
 def test_dense_store_equals_the_local_engines(
     ray_instance: ModuleType, folder: Path, tmp_path: Path, one_thread: None
 ) -> None:
-    """Whole images, an image computed in bands, a corrupt image: the same store."""
+    """Whole images, an image computed in bands, a corrupt image: the same store. The model is
+    one built here (sent to the actors whole; otherwise they build it and get its weights)."""
     settings = Settings(TINY, "0,3", dtype="float16")
     budget = budget_between(folder, settings)
-    options: dict[str, Any] = {"batch_size": 1, "max_memory": budget, "band_rows": 8}
+    options: dict[str, Any] = {
+        "batch_size": 1, "max_memory": budget, "band_rows": 8, "model": tiny_models.tiny()
+    }  # fmt: skip
     local = run([folder], tmp_path / "local.zarr", settings, **options)
     calls: list[tuple[int, int]] = []
     ray = run(

@@ -1,6 +1,7 @@
 """Tiny models for fast tests, loadable as ``tests/tiny_models.py:tiny``."""
 
 import time
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -57,12 +58,14 @@ def tiny_resnet(in_chans: int = 3) -> nn.Sequential:
     """ResNet-like: a 7x7 stride-2 stem, padded max pooling, strided residual blocks (total
     stride 16, receptive-field centres off the cell centres, as in ResNet)."""
     model = nn.Sequential(
-        nn.Conv2d(in_chans, 4, 7, 2, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2, 1),
-        _Block(4, 6, 1),
-        _Block(6, 8, 2),
-        _Block(8, 8, 2),
+        OrderedDict(
+            stem=nn.Conv2d(in_chans, 4, 7, 2, 3),
+            relu=nn.ReLU(),
+            pool=nn.MaxPool2d(3, 2, 1),
+            block1=_Block(4, 6, 1),
+            block2=_Block(6, 8, 2),
+            block3=_Block(8, 8, 2),
+        )
     )
     with torch.no_grad():  # running statistics that are not the identity
         for m in model.modules():
@@ -90,13 +93,25 @@ def tiny_se() -> nn.Sequential:
 
 class _Slow(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(0.1)
+        time.sleep(0.05)
         return x
 
 
 def slow_tiny() -> nn.Sequential:
-    """:func:`tiny` that takes 0.1 s per forward pass (for tests that interrupt a run)."""
+    """:func:`tiny` that takes 0.05 s per forward pass (for tests that interrupt a run)."""
     return nn.Sequential(_Slow(), *tiny())
+
+
+def tiny_hourglass() -> nn.Sequential:
+    """Down by 4 with strided convolutions, back up by a stride-4 transposed convolution: the
+    output has stride 1, the layers in between stride 2 and 4."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, 2, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(4, 4, 4, 4),
+    )
 
 
 def tiny_not_in_ray_actors() -> nn.Sequential:

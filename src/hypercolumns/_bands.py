@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import torch
 from torch import nn
 
 from hypercolumns._sampling import AxisMap, resample_axis
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns.errors import HypercolumnsError, InputSizeError
 from hypercolumns.features import FeatureExtractor
 from hypercolumns.geometry import Axis
 from hypercolumns.hypercolumns import Align, HypercolumnExtractor, _fraction_axis
@@ -135,6 +135,7 @@ class BandedHypercolumns:
         for layer in self.layers:
             self.reach = max(self.reach, _axis_y(layer).size)
         self._slabs: dict[int, FeatureExtractor] = {}
+        self._too_small: set[int] = set()
 
     def _maps(self, layer: Layer) -> tuple[AxisMap, AxisMap, int, int]:
         assert layer.layout is not None
@@ -166,15 +167,30 @@ class BandedHypercolumns:
             a -= a % self.step
             b = min(height, math.ceil(bottom) + 1)
             bands.append(Band((r0, r1), (a, b), units))
-        return bands
+        tallest = max(b - a for a, b in (band.slab for band in bands))
+        return [replace(band, slab=self._stretch(band.slab, tallest)) for band in bands]
+
+    def _stretch(self, slab: tuple[int, int], height: int) -> tuple[int, int]:
+        """``slab`` grown to ``height`` rows (down, else up to an aligned start) where the image
+        allows: more rows never change the values, and fewer slab heights mean fewer plans."""
+        a, b = slab
+        if b - a >= height:
+            return a, b
+        b = min(self.input_size[0], a + height)
+        if b - a < height:
+            a = max(0, b - height)
+            a -= a % self.step
+        return a, b
 
     def working_set(self, rows: int) -> int:
         """Estimated peak bytes of computing one band of ``rows`` output rows."""
         return working_set(self.whole, rows, halo=self.reach + self.step)
 
     def rows_for(self, budget: int, quantum: int = 1) -> int:
-        """The most output rows per band (a multiple of ``quantum``, at least one quantum)
-        whose working set fits ``budget`` bytes."""
+        """The most output rows per band (a multiple of ``quantum`` and of the total stride,
+        so that inner bands share one slab height, at least one such multiple) whose working
+        set fits ``budget`` bytes."""
+        quantum = math.lcm(quantum, self.step)
         rows = quantum
         while rows + quantum <= self.input_size[0] and self.working_set(rows + quantum) <= budget:
             rows += quantum
@@ -201,6 +217,24 @@ class BandedHypercolumns:
             self._slabs[height] = fe
         return self._slabs[height]
 
+    def _extractor(self, a: int, b: int) -> tuple[int, int, FeatureExtractor]:
+        """The slab ``[a, b)`` and its extractor; a slab too small for the model (its later
+        layers, which never run here, still have to fit) grows until it fits."""
+        height = self.input_size[0]
+        while True:
+            if b - a not in self._too_small:
+                try:
+                    return a, b, self._slab(b - a)
+                except InputSizeError:
+                    self._too_small.add(b - a)
+            if a == 0 and b == height:  # pragma: no cover - the whole image was planned
+                raise HypercolumnsError(f"no slab of this {height}-row image fits the model")
+            grow = max(self.step, (b - a) // self.step * self.step)
+            if b < height:
+                b = min(height, b + grow)
+            else:
+                a = max(0, a - grow)
+
     def __call__(self, x: torch.Tensor, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
         """The hypercolumns of ``x`` ``(1, C, H, W)``, band by band.
 
@@ -214,7 +248,8 @@ class BandedHypercolumns:
         height, width = self.input_size
         for band in self.plan(rows):
             (r0, r1), (a, b) = band.rows, band.slab
-            maps = self._slab(b - a)(x[:, :, a:b], as_maps=True)
+            a, b, slab = self._extractor(a, b)
+            maps = slab(x[:, :, a:b], as_maps=True)
             out = torch.empty((1, self.channels, r1 - r0, width), dtype=dtype, device=x.device)
             for layer in self.layers:
                 my, mx, h, w = self._maps(layer)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.models import load_model
@@ -135,7 +136,7 @@ class _Model:
     def __init__(
         self,
         settings: Settings,
-        weights: list[Any],
+        model: list[Any],
         device: str,
         threads: int | None,
         max_memory: int | None,
@@ -145,10 +146,14 @@ class _Model:
 
         if threads is not None:
             torch.set_num_threads(threads)
-        model = load_model(settings.model, **dict(settings.model_kwargs))
-        model.load_state_dict(ray.get(weights[0]))
+        shipped = ray.get(model[0])  # the driver's model, or its weights
+        if isinstance(shipped, nn.Module):
+            built = shipped
+        else:
+            built = load_model(settings.model, **dict(settings.model_kwargs))
+            built.load_state_dict(shipped)
         self.extraction = Extraction(
-            settings, device=device, max_memory=max_memory, band_rows=band_rows, model=model
+            settings, device=device, max_memory=max_memory, band_rows=band_rows, model=built
         )
         self.sparse = settings.points is not None
         empty = (0, 0) if self.sparse else (0, 0, 0)
@@ -360,17 +365,20 @@ def run(
     actors: int | None,
     batch_size: int,
     workers: int,
+    ship_model: bool,
 ) -> None:
     """Compute ``todo`` with Ray and write the results through ``sink``.
 
     ``extraction`` is the driver's: its settings, decoding options and model weights go to the
-    tasks and actors.
+    tasks and actors. ``ship_model``: send the model itself (one the caller built), not only
+    its weights (the actors then build it from the settings).
     """
     labels = bool(sink.writer.config["run"].get("labels"))
     driver = _Driver(sink, sparse=extraction.settings.points is not None, labels=labels)
     with _connected(address) as ray, _ray_data_quiet():
         n, resources, actor_device, threads = _pool(ray, device, actors)
-        weights = ray.put(extraction.model.state_dict())
+        model = extraction.model if ship_model else extraction.model.state_dict()
+        model_ref = ray.put(model)
         items = [{"key": s.key, "path": str(s.path), "mask": str(s.mask or "")} for s in todo]
         ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
         ds = ds.map(
@@ -381,7 +389,7 @@ def run(
         ds = ds.map_batches(
             _Model,
             fn_constructor_kwargs={
-                "settings": extraction.settings, "weights": [weights], "device": actor_device,
+                "settings": extraction.settings, "model": [model_ref], "device": actor_device,
                 "threads": threads, "max_memory": extraction.max_memory,
                 "band_rows": extraction.band_rows,
             },

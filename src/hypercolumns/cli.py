@@ -539,7 +539,7 @@ def extract(
             f"{', '.join(store_only)} apply to stores (--out NAME.zarr or NAME.parquet), not to "
             f"a single {out.suffix or 'file'} output"
         )
-    sources = expand_inputs(inputs)
+    sources = expand_inputs(inputs, check_keys=False)  # entries are keyed by file stem
     if any(s.mask is not None for s in sources):
         raise HypercolumnsError(
             "masks stratify the points of a store: write --out NAME.parquet with --points N"
@@ -735,8 +735,6 @@ def _extract_store(
         if not isinstance(kwargs, dict):
             raise typer.BadParameter("expected a JSON object", param_hint="--model-kwargs")
     n_points = None if points is None else int(points)
-    if n_points == 0:
-        raise HypercolumnsError("--points must be a positive number of pixels to sample")
     mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std")
     settings = Settings(
         model=model, layers=layers_spec, model_kwargs=kwargs,

@@ -79,25 +79,8 @@ __all__ = [
     "run",
 ]
 
-IMAGE_SUFFIXES = frozenset(
-    [
-        ".jpg",
-        ".jpeg",
-        ".png",
-        ".bmp",
-        ".gif",
-        ".tif",
-        ".tiff",
-        ".webp",
-        ".ppm",
-        ".pgm",
-        ".pbm",
-        ".pnm",
-        ".tga",
-        ".jp2",
-        ".j2k",
-    ]
-)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                            ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k"})  # fmt: skip
 DEFAULT_MAX_MEMORY = 1 << 30
 _BAND_QUANTUM = 16  # band rows are a multiple of this (and chunks follow the bands)
 _PLANS = 8  # extractors kept for different image sizes
@@ -136,9 +119,13 @@ def _images_under(folder: Path) -> list[Path]:
     return found
 
 
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
 def _glob_base(pattern: str) -> Path:
     parts = Path(pattern).parts
-    fixed = list(parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))])
+    fixed = list(parts[: next(i for i, p in enumerate(parts) if _is_pattern(p))])
     return Path(*fixed) if fixed else Path()
 
 
@@ -184,14 +171,15 @@ def _read_list(listing: Path) -> list[tuple[Path, str, Path | None]]:
     return out
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Source]:
+def expand_inputs(inputs: Iterable[str | Path], *, check_keys: bool = True) -> list[Source]:
     """The images named by ``inputs``, each with its key.
 
     Each input is an image file; a folder (searched recursively for image extensions, hidden
     files skipped); a glob pattern (``"data/**/*.png"``); or a ``.txt`` list (one path per line,
     ``#`` comments) or ``.csv`` list (a header with ``path`` and optionally ``mask``, the label
     image that stratifies sparse points). Paths in lists are relative to the list's folder.
-    An image named twice is kept once.
+    An image named twice is kept once. ``check_keys=False`` skips the checks of keys (for
+    outputs that do not use them).
 
     Raises:
         HypercolumnsError: An input does not exist or matches nothing, or two images would get
@@ -213,7 +201,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Source]:
         elif path.is_file():
             found = [(path, path.name, None)]
             what = ""
-        elif glob.has_magic(text):
+        elif _is_pattern(text):
             base = _glob_base(text)
             found = [
                 (Path(p), Path(p).relative_to(base).as_posix(), None)
@@ -233,6 +221,9 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Source]:
             if real in seen:
                 continue
             seen.add(real)
+            sources.append(Source(key, p, mask))
+            if not check_keys:
+                continue
             try:
                 check_key(key)
             except StoreError as err:
@@ -244,7 +235,6 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Source]:
                     "their common folder instead, or rename one"
                 )
             keys[key] = p
-            sources.append(Source(key, p, mask))
     if not sources:
         raise HypercolumnsError("no input images given")
     return sources
@@ -290,6 +280,19 @@ class Settings:
     crop: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float16"):
+            raise HypercolumnsError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if self.align not in ("rf", "half-pixel"):
+            raise HypercolumnsError(f"align must be 'rf' or 'half-pixel', got {self.align!r}")
+        if self.points is not None and (isinstance(self.points, bool) or self.points < 1):
+            raise HypercolumnsError(f"points must be a positive count, got {self.points!r}")
+        if self.points is not None and self.size is not None:
+            raise HypercolumnsError(
+                "size sets the grid of dense hypercolumns; sparse points are input pixels, so "
+                "give one or the other"
+            )
 
     @property
     def kind(self) -> Kind:
@@ -426,31 +429,38 @@ def decoded(sources: Sequence[Source], options: DecodeOptions, workers: int) -> 
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep,
-        prefetch_factor=4,
+        prefetch_factor=2,
     )
     yield from loader
 
 
-def batches(items: Iterable[Decoded], batch_size: int, *, hold: int = 4) -> Iterator[list[Decoded]]:
-    """Group decoded images into batches of one size; at most ``hold * batch_size`` images wait
-    for their batch to fill (then the fullest goes as it is). Failed images come alone."""
+def batches(
+    items: Iterable[Decoded], batch_size: int, *, hold: int = 4, max_bytes: int | None = None
+) -> Iterator[list[Decoded]]:
+    """Group decoded images into batches of one size. At most ``hold * batch_size`` images, and
+    ``max_bytes`` of them, wait for their batch to fill; beyond, the fullest batch goes as it
+    is. Failed images come alone."""
     buckets: dict[tuple[int, ...], list[Decoded]] = {}
-    waiting = 0
+    limit = math.inf if max_bytes is None else max_bytes
+    waiting = waiting_bytes = 0
     for item in items:
         if item.image is None:
             yield [item]
             continue
         shape = tuple(item.image.shape)
-        bucket = buckets.setdefault(shape, [])
-        bucket.append(item)
+        buckets.setdefault(shape, []).append(item)
         waiting += 1
-        if len(bucket) >= batch_size:
-            waiting -= len(bucket)
-            yield buckets.pop(shape)
-        elif waiting >= hold * batch_size:
-            fullest = max(buckets, key=lambda s: len(buckets[s]))
-            waiting -= len(buckets[fullest])
-            yield buckets.pop(fullest)
+        waiting_bytes += item.image.nbytes
+        while buckets and (
+            len(buckets.get(shape, ())) >= batch_size
+            or waiting >= hold * batch_size
+            or waiting_bytes >= limit
+        ):
+            full = shape if len(buckets.get(shape, ())) >= batch_size else None
+            done = buckets.pop(full or max(buckets, key=lambda s: len(buckets[s])))
+            waiting -= len(done)
+            waiting_bytes -= sum(d.image.nbytes for d in done if d.image is not None)
+            yield done
     yield from buckets.values()
 
 
@@ -484,7 +494,7 @@ def weights_digest(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -627,9 +637,13 @@ class Extraction:
         return self._bands[size]
 
     def fits(self, item: Decoded) -> bool:
-        """Whether ``item`` can be computed whole within the memory budget."""
+        """Whether ``item`` can be computed whole within the memory budget (also true when it
+        cannot be computed at all: :meth:`__call__` then says why)."""
         assert item.image is not None
-        ext = self._plan((item.image.shape[1], item.image.shape[2]))
+        try:
+            ext = self._plan((item.image.shape[1], item.image.shape[2]))
+        except HypercolumnsError:
+            return True
         return self._cost(ext, item) <= self.max_memory
 
     def _cost(self, ext: HypercolumnExtractor, item: Decoded) -> int:
@@ -712,7 +726,11 @@ class Extraction:
         for items in groups.values():
             first = items[0].image
             assert first is not None
-            cost = self._cost(self._plan((first.shape[1], first.shape[2])), items[0])
+            try:
+                cost = self._cost(self._plan((first.shape[1], first.shape[2])), items[0])
+            except HypercolumnsError as err:  # e.g. too small for the model
+                out.update((item.source.key, self._failure(item, _reason(err))) for item in items)
+                continue
             if self.settings.points is not None and cost > self.max_memory:
                 for item in items:
                     out[item.source.key] = self._guarded([item], bands=True)[0]
@@ -830,6 +848,7 @@ def run(
     engine: Engine = "local",
     ray_address: str | None = None,
     actors: int | None = None,
+    model: nn.Module | None = None,
 ) -> RunSummary:
     """Hypercolumns of every input image into the store ``out``; resumable.
 
@@ -863,6 +882,9 @@ def run(
         ray_address: Ray: the cluster to join (``"auto"``, ``"ray://host:10001"``); by default
             the one ``ray.init()`` finds (``RAY_ADDRESS``), else a new local instance.
         actors: Ray: model actors (default: one per GPU, or one per node on CPU clusters).
+        model: An already built model to use instead of building ``settings.model`` (which
+            then only names it); the store records the digest of its weights either way. Ray:
+            it is sent to the actors, so it must pickle (its classes importable on the nodes).
 
     Returns:
         A :class:`RunSummary`.
@@ -897,9 +919,10 @@ def run(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     extraction = Extraction(
         settings,
-        device=device if engine == "local" else "cpu",  # Ray: here only for the configuration
+        device=device if engine == "local" else "cpu",  # Ray: here for the configuration only
         max_memory=max_memory,
         band_rows=band_rows,
+        model=model,
     )
     config = extraction.config(labels=with_masks == {True})
     writer = open_writer(out, config, overwrite=overwrite, **dict(writer_options or {}))
@@ -911,6 +934,7 @@ def run(
                 _ray.run(
                     todo, extraction, sink, address=ray_address, device=str(device),
                     actors=actors, batch_size=batch_size, workers=workers,
+                    ship_model=model is not None,
                 )  # fmt: skip
             elif todo:
                 _run_local(todo, extraction, sink, workers=workers, batch_size=batch_size)
@@ -965,7 +989,8 @@ def _run_local(
     todo: Sequence[Source], extraction: Extraction, sink: _Sink, *, workers: int, batch_size: int
 ) -> None:
     """The local engine: decoding in DataLoader workers, the model in this process."""
-    for batch in batches(decoded(todo, extraction.decode_options, workers), batch_size):
+    items = decoded(todo, extraction.decode_options, workers)
+    for batch in batches(items, batch_size, max_bytes=extraction.max_memory // 2):
         whole, banded = _split_whole(extraction, batch)
         for result in extraction(whole):
             sink.put(result)

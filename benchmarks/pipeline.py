@@ -1,0 +1,276 @@
+"""Whole data sets into stores: our pipeline against a plain loop, and the model's own speed.
+
+Throughput: 200 generated JPEG images (320x240), torchvision vgg16 layers [3, 8] with random
+weights, sparse hypercolumns at 1024 pixels per image, CPU. Side by side in one process,
+interleaved round after round:
+
+* ``model only``: the model's forward (the prefix up to ``features.8``, which is all any
+  method needs) on preloaded, preprocessed batches of 8: the ceiling;
+* ``naive loop``: per image, PIL, normalise, the *full* forward with hooks on the two layers,
+  ``F.interpolate`` of each map to the image, 1024 pixels taken, ``np.save``: the loop people
+  write without this library (as the hypercolumn blog posts do);
+* ``plain loop``: per image, ``hc.load_image`` (open with PIL, preprocess),
+  ``hc.hypercolumns(model, x, [3, 8], points=1024)``, ``np.save`` one ``.npy``: what the
+  README's quick start leads to;
+* ``plain loop, planned``: the same with one ``hc.HypercolumnExtractor`` planned once;
+* ``ours``: :func:`hypercolumns.pipeline.run` into a ``.parquet`` store (decoding in
+  DataLoader workers, batches of 8), timed end to end (model built, weights hashed) and in
+  steady state (from the first progress call to the last).
+
+Peak memory of banding: one 4096x4096 JPEG, vgg16 layers 3, 8, 15 (conv1_2, conv2_2, conv3_3
+after ReLU: 64 + 128 + 256 = 448 channels), dense float16 into a ``.zarr`` store with the
+``hypercolumns extract`` command in a subprocess; its peak resident memory from
+``getrusage(RUSAGE_CHILDREN)``. The in-memory result alone would be 448 x 4096^2 x 2 bytes.
+
+Run: ``uv run python benchmarks/pipeline.py [--rounds 2] [--workers 2] [--skip-banded]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def _library() -> ModuleType:
+    """The ``hypercolumns`` package, not this folder (run as a script, it shadows the name)."""
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    return importlib.import_module("hypercolumns")
+
+
+hc = _library()
+from hypercolumns.pipeline import Settings, run  # noqa: E402
+
+MODEL, LAYERS, POINTS, BATCH = "torchvision:vgg16", [3, 8], 1024, 8
+
+
+def make_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """Photo-like JPEGs: smooth random colour fields with some texture."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    paths = []
+    for i in range(n):
+        coarse = rng.random((h // 16 + 1, w // 16 + 1, 3)) * 255
+        field = np.asarray(
+            Image.fromarray(coarse.astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC),
+            dtype=np.float32,
+        )
+        pixels = np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
+        path = folder / f"img{i:04d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def build_model() -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return hc.load_model(MODEL)
+
+
+def model_only(model: torch.nn.Module, paths: list[Path]) -> float:
+    prefix = model.features[:9]
+    inputs = [hc.load_image(p, model)[0] for p in paths]
+    batches = [torch.cat(inputs[i : i + BATCH]) for i in range(0, len(inputs), BATCH)]
+    start = time.perf_counter()
+    with torch.no_grad():
+        for x in batches:
+            prefix(x)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def naive_loop(model: torch.nn.Module, paths: list[Path], out: Path) -> float:
+    """The loop people write without this library: PIL, normalise, the full forward with
+    hooks on the two layers, each map upsampled to the image, 1024 pixels taken, ``np.save``."""
+    out.mkdir(parents=True, exist_ok=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    names = [f"features.{i}" for i in LAYERS]
+    maps: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda m, a, o, n=n: maps.__setitem__(n, o.clone())
+        )
+        for n in names
+    ]
+    gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    try:
+        for path in paths:
+            with Image.open(path) as img:
+                pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
+            x = (torch.from_numpy(pixels).permute(2, 0, 1) - mean) / std
+            with torch.no_grad():
+                model(x[None])
+            h, w = x.shape[1:]
+            flat = torch.randperm(h * w, generator=gen)[:POINTS]
+            ys, xs = flat // w, flat % w
+            columns = [
+                F.interpolate(maps[n], size=(h, w), mode="bilinear", align_corners=False)[0][
+                    :, ys, xs
+                ]
+                for n in names
+            ]
+            np.save(out / f"{path.stem}.npy", torch.cat(columns).T.numpy())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def plain_loop(model: torch.nn.Module, paths: list[Path], out: Path, planned: bool) -> float:
+    out.mkdir(parents=True, exist_ok=True)
+    extractors: dict[tuple[int, int], object] = {}
+    start = time.perf_counter()
+    for i, path in enumerate(paths):
+        x, _ = hc.load_image(path, model)
+        if planned:
+            size = tuple(x.shape[-2:])
+            if size not in extractors:
+                extractors[size] = hc.HypercolumnExtractor(model, LAYERS, size)
+            result = extractors[size](x, POINTS, seed=i)  # type: ignore[operator]
+        else:
+            result = hc.hypercolumns(model, x, LAYERS, points=POINTS, seed=i)
+        np.save(out / f"{path.stem}.npy", result.features[0].numpy())
+    return len(paths) / (time.perf_counter() - start)
+
+
+def ours(
+    model: torch.nn.Module, folder: Path, out: Path, n: int, workers: int
+) -> tuple[float, float]:
+    """End-to-end (weights hashed, plans, workers started) and steady-state (first progress
+    call to the last) images per second of the pipeline, with the model already built."""
+    marks: list[float] = []
+    start = time.perf_counter()
+    summary = run(
+        [folder],
+        out,
+        Settings(MODEL, "3,8", points=POINTS),
+        workers=workers,
+        batch_size=BATCH,
+        device="cpu",
+        progress=lambda done, total: marks.append(time.perf_counter()),
+        model=model,
+    )
+    end = time.perf_counter()
+    assert summary.done == n, summary
+    return n / (end - start), n / (marks[-1] - marks[0])
+
+
+def banded_peak(work: Path, size: int) -> dict[str, float]:
+    """Peak RSS of ``hypercolumns extract`` on one ``size``x``size`` image, in a subprocess."""
+    image = make_images(work / "big", 1, (size, size), seed=1)[0]
+    out = work / "big.zarr"
+    cmd = [sys.executable, "-m", "hypercolumns", "extract", MODEL, str(image), "--layers",
+           "3,8,15", "--dtype", "float16", "--workers", "0", "--device", "cpu", "--out",
+           str(out), "--format", "json"]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"banded run failed: {done.stderr}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    store = hc.open_store(out)
+    record = store.record(image.name)
+    shape = tuple(record["shape"])
+    full = 448 * size * size * 2
+    return {
+        "size": size,
+        "shape": list(shape),
+        "seconds": round(seconds, 1),
+        "peak_rss_gb": round(peak / 1e9, 2),
+        "in_memory_result_gb": round(full / 1e9, 2),
+        "band_rows": record["bands"]["rows"],
+        "bands": record["bands"]["count"],
+        "stored_gb": round(record["bytes"] / 1e9, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--banded-size", type=int, default=4096)
+    parser.add_argument("--skip-banded", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report: dict[str, object] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    work = Path(tempfile.mkdtemp(prefix="hc-bench-"))
+    try:
+        if not args.skip_throughput:
+            paths = make_images(work / "images", args.images, (240, 320))
+            model = build_model()
+            rates: dict[str, list[float]] = {}
+            hc.layers(model, 32)  # the first analysis imports torch._dynamo: not timed
+            methods: dict[str, Callable[[int], float | tuple[float, float]]] = {
+                "model only": lambda r: model_only(model, paths),
+                "naive loop": lambda r: naive_loop(model, paths, work / f"naive{r}"),
+                "plain loop": lambda r: plain_loop(model, paths, work / f"npy{r}", False),
+                "plain loop, planned": lambda r: plain_loop(model, paths, work / f"np{r}", True),
+                "ours": lambda r: ours(
+                    model, work / "images", work / f"s{r}.parquet", len(paths), args.workers
+                ),
+            }
+            for r in range(args.rounds):
+                for name, method in methods.items():
+                    value = method(r)
+                    if isinstance(value, tuple):
+                        rates.setdefault("ours, end to end", []).append(value[0])
+                        rates.setdefault("ours, steady", []).append(value[1])
+                    else:
+                        rates.setdefault(name, []).append(value)
+                    if not args.json:
+                        print(f"round {r}: {name}: {value}", file=sys.stderr)
+            medians = {k: statistics.median(v) for k, v in rates.items()}
+            report["images_per_second"] = {k: round(v, 2) for k, v in medians.items()}
+            report["ratios"] = {
+                "ours / naive loop": round(medians["ours, end to end"] / medians["naive loop"], 2),
+                "ours / plain loop": round(medians["ours, end to end"] / medians["plain loop"], 2),
+                "ours / plain loop, planned": round(
+                    medians["ours, end to end"] / medians["plain loop, planned"], 2
+                ),
+                "ours / model only": round(medians["ours, end to end"] / medians["model only"], 2),
+                "ours steady / model only": round(
+                    medians["ours, steady"] / medians["model only"], 2
+                ),
+            }
+        if not args.skip_banded:
+            report["banded"] = banded_peak(work, args.banded_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report))
+        return
+    for section, values in report.items():
+        if isinstance(values, dict):
+            print(f"{section}:")
+            for k, v in values.items():
+                print(f"  {k:28s} {v}")
+        else:
+            print(f"{section}: {values}")
+
+
+if __name__ == "__main__":
+    main()
