@@ -512,8 +512,7 @@ def extract(
 
     hypercolumns extract torchvision:vgg16 photos/ --layers 3,8 --points 1024 --out hc.parquet
 
-    hypercolumns extract torchvision:vgg16 photos/ --layers 3,8 --out hc.zarr --engine ray
-    --ray-address auto
+    hypercolumns extract torchvision:vgg16 /data -l 3,8 -o hc.zarr --engine ray --ray-address auto
     """
     from hypercolumns.pipeline import expand_inputs
     from hypercolumns.store import store_kind

@@ -765,7 +765,7 @@ def _reason(err: BaseException) -> str:
     return text if isinstance(err, HypercolumnsError) else f"{type(err).__name__}: {text}"
 
 
-# -- the run -------------------------------------------------------------------------------
+# -- the run -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
