@@ -16,13 +16,19 @@ interleaved round after round:
 * ``ours``: :func:`hypercolumns.pipeline.run` into a ``.parquet`` store (decoding in
   DataLoader workers, batches of 8), timed end to end (model built, weights hashed) and in
   steady state (from the first progress call to the last).
+* ``ray`` (with ``--ray``; needs ``hypercolumns[ray]``): the same run with
+  ``engine="ray"`` on a local Ray instance with this machine's CPUs, started once before the
+  rounds (its start-up time is reported apart): decoding in Ray tasks, the model in one actor
+  (half the CPUs, as many PyTorch threads), the store written by this process. Timed end to
+  end (actor started, model sent to it) and in steady state (from the first batch of results
+  to the last). No goal: the Ray engine is for clusters; this measures its cost on one machine.
 
 Peak memory of banding: one 4096x4096 JPEG, vgg16 layers 3, 8, 15 (conv1_2, conv2_2, conv3_3
 after ReLU: 64 + 128 + 256 = 448 channels), dense float16 into a ``.zarr`` store with the
 ``hypercolumns extract`` command in a subprocess; its peak resident memory from
 ``getrusage(RUSAGE_CHILDREN)``. The in-memory result alone would be 448 x 4096^2 x 2 bytes.
 
-Run: ``uv run python benchmarks/pipeline.py [--rounds 2] [--workers 2] [--skip-banded]``
+Run: ``uv run python benchmarks/pipeline.py [--rounds 2] [--workers 2] [--skip-banded] [--ray]``
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
+import os
 import resource
 import shutil
 import statistics
@@ -174,6 +182,36 @@ def ours(
     return n / (end - start), n / (marks[-1] - marks[0])
 
 
+def start_ray() -> float:
+    """Start a local Ray instance with this machine's CPUs; the seconds it took."""
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # workers: this interpreter
+    import ray
+
+    start = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    return time.perf_counter() - start
+
+
+def ray_engine(model: torch.nn.Module, folder: Path, out: Path, n: int) -> tuple[float, float]:
+    """End-to-end and after-the-first-image images per second of the Ray engine."""
+    marks: list[float] = []
+    start = time.perf_counter()
+    summary = run(
+        [folder],
+        out,
+        Settings(MODEL, "3,8", points=POINTS),
+        batch_size=BATCH,
+        device="cpu",
+        progress=lambda done, total: marks.append(time.perf_counter()),
+        model=model,
+        engine="ray",
+    )
+    end = time.perf_counter()
+    assert summary.done == n, summary
+    # results come a batch at a time (when the actor's call ends): steady from the first batch
+    return n / (end - start), (n - BATCH) / (marks[-1] - marks[BATCH])
+
+
 def banded_peak(work: Path, size: int) -> dict[str, float]:
     """Peak RSS of ``hypercolumns extract`` on one ``size``x``size`` image, in a subprocess."""
     image = make_images(work / "big", 1, (size, size), seed=1)[0]
@@ -212,6 +250,7 @@ def main() -> None:
     parser.add_argument("--banded-size", type=int, default=4096)
     parser.add_argument("--skip-banded", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="also the Ray engine")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -233,12 +272,17 @@ def main() -> None:
                     model, work / "images", work / f"s{r}.parquet", len(paths), args.workers
                 ),
             }
+            if args.ray:
+                report["ray start seconds"] = round(start_ray(), 1)
+                methods["ray"] = lambda r: ray_engine(
+                    model, work / "images", work / f"ray{r}.parquet", len(paths)
+                )
             for r in range(args.rounds):
                 for name, method in methods.items():
                     value = method(r)
                     if isinstance(value, tuple):
-                        rates.setdefault("ours, end to end", []).append(value[0])
-                        rates.setdefault("ours, steady", []).append(value[1])
+                        rates.setdefault(f"{name}, end to end", []).append(value[0])
+                        rates.setdefault(f"{name}, steady", []).append(value[1])
                     else:
                         rates.setdefault(name, []).append(value)
                     if not args.json:
@@ -256,6 +300,15 @@ def main() -> None:
                     medians["ours, steady"] / medians["model only"], 2
                 ),
             }
+            if args.ray:
+                ratios = report["ratios"]
+                assert isinstance(ratios, dict)
+                for what in ("end to end", "steady"):
+                    ray_rate = medians[f"ray, {what}"]
+                    ratios[f"ray {what} / ours {what}"] = round(
+                        ray_rate / medians[f"ours, {what}"], 2
+                    )
+                    ratios[f"ray {what} / model only"] = round(ray_rate / medians["model only"], 2)
         if not args.skip_banded:
             report["banded"] = banded_peak(work, args.banded_size)
     finally:

@@ -208,3 +208,13 @@ def tiny_hourglass() -> nn.Sequential:
         nn.ReLU(),
         nn.ConvTranspose2d(4, 4, 4, 4),
     )
+
+
+def tiny_not_in_ray_actors() -> nn.Sequential:
+    """:func:`tiny`, but in a Ray actor building it fails (as a model file missing on a
+    cluster's nodes would), for the Ray engine's error path."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        raise RuntimeError("this model cannot be built here: not in a Ray actor")
+    return tiny()

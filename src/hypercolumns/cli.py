@@ -204,6 +204,11 @@ class DType(StrEnum):
     float16 = "float16"
 
 
+class Engine(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
 Resize = Annotated[
     str | None,
     typer.Option(
@@ -403,7 +408,8 @@ def extract(
         typer.Option(
             "--workers",
             min=0,
-            help="Stores: processes decoding images while the model runs (0: none) [default: 2].",
+            help="Stores: processes decoding images while the model runs (0: none) [default: 2]; "
+            "--engine ray: the most decoding tasks at a time [default: as many as Ray runs].",
             show_default=False,
         ),
     ] = None,
@@ -422,7 +428,7 @@ def extract(
         typer.Option(
             "--device",
             help="Stores: where the model runs: cpu, cuda, cuda:1 or auto [default: auto, "
-            "CUDA when available].",
+            "CUDA when available; --engine ray: GPU actors when the cluster has GPUs].",
             show_default=False,
         ),
     ] = None,
@@ -443,6 +449,38 @@ def extract(
             help="Stores: replace an existing store made with another configuration.",
         ),
     ] = False,
+    engine: Annotated[
+        Engine | None,
+        typer.Option(
+            "--engine",
+            help="Stores: local (decoding in --workers processes, the model in this one) or ray "
+            "(a Ray Data pipeline: decoding in Ray tasks, the model in a pool of actors, one GPU "
+            "each where there are GPUs; needs hypercolumns[ray]; see docs/ray.md) "
+            "[default: local].",
+            show_default=False,
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            metavar="ADDR",
+            help="--engine ray: the cluster to join: auto (started with 'ray start' on this "
+            "machine), HOST:6379, or ray://HOST:10001 (Ray Client) [default: $RAY_ADDRESS, else "
+            "a new Ray instance on this machine].",
+            show_default=False,
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(
+            "--actors",
+            min=1,
+            help="--engine ray: model actors [default: one per GPU; without GPUs one per node, "
+            "together using half the cluster's CPUs].",
+            show_default=False,
+        ),
+    ] = None,
     fmt: FormatOpt = Format.table,
     model_kwargs: ModelKwargs = None,
     weights: Weights = None,
@@ -458,7 +496,8 @@ def extract(
     decoded in --workers processes while the model runs; each image is committed on its
     own, so rerunning the same command skips what is done, also after a crash. Unreadable
     images are recorded and skipped (exit code 1 when any failed). Dense images too large
-    for --max-memory are computed in bands. See docs/stores.md.
+    for --max-memory are computed in bands. See docs/stores.md. With --engine ray the same
+    run is a Ray Data pipeline, on this machine or a Ray cluster: see docs/ray.md.
 
     **Single files**, by extension. **.npy**: one array with a leading image axis,
     (B, C, H, W) or (B, N, C), so all images must have the same size (use
@@ -473,6 +512,8 @@ def extract(
     hypercolumns extract torchvision:vgg16 cat.jpg --layers 3,8 --out cat.npy
 
     hypercolumns extract torchvision:vgg16 photos/ --layers 3,8 --points 1024 --out hc.parquet
+
+    hypercolumns extract torchvision:vgg16 /data -l 3,8 -o hc.zarr --engine ray --ray-address auto
     """
     from hypercolumns.pipeline import expand_inputs
     from hypercolumns.store import store_kind
@@ -485,11 +526,13 @@ def extract(
     if store_kind(out) is not None:
         _extract_store(
             model, inputs, layers_spec, out, workers=workers, batch_size=batch_size,
-            device=device, band_rows=band_rows, overwrite=overwrite, **common,
+            device=device, band_rows=band_rows, overwrite=overwrite, engine=engine,
+            ray_address=ray_address, actors=actors, **common,
         )  # fmt: skip
         return
     given = {"--workers": workers, "--batch-size": batch_size, "--device": device,
-             "--band-rows": band_rows, "--overwrite": overwrite or None}  # fmt: skip
+             "--band-rows": band_rows, "--overwrite": overwrite or None, "--engine": engine,
+             "--ray-address": ray_address, "--actors": actors}  # fmt: skip
     store_only = [name for name, value in given.items() if value is not None]
     if store_only:
         raise HypercolumnsError(
@@ -806,6 +849,9 @@ def _extract_store(
     device: str | None,
     band_rows: int | None,
     overwrite: bool,
+    engine: Engine | None,
+    ray_address: str | None,
+    actors: int | None,
     fmt: Format,
     model_kwargs: str | None,
     weights: Path | None,
@@ -855,12 +901,18 @@ def _extract_store(
     def progress(done: int, total: int) -> None:
         bar.update(task, completed=done, total=total)
 
+    engine = engine or Engine.local
+    if engine is Engine.local and (ray_address is not None or actors is not None):
+        raise HypercolumnsError("--ray-address and --actors apply to --engine ray")
+    if workers is None:
+        workers = 2 if engine is Engine.local else 0
     with bar:
         summary = run(
-            inputs, out, settings, workers=2 if workers is None else workers,
-            batch_size=batch_size or 8, device=device or "auto", overwrite=overwrite,
+            inputs, out, settings, workers=workers, batch_size=batch_size or 8,
+            device=device or "auto", overwrite=overwrite,
             max_memory=None if max_memory is None else _bytes(max_memory),
-            band_rows=band_rows, progress=progress,
+            band_rows=band_rows, progress=progress, engine=engine.value,
+            ray_address=ray_address, actors=actors,
         )  # fmt: skip
     if fmt is Format.json:
         print(json.dumps(summary.to_dict()))

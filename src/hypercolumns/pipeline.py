@@ -10,9 +10,11 @@ A run has three stages, kept apart so that another engine can drive them:
    images too large for memory go to :meth:`Extraction.bands` instead, band by band.
 3. A :class:`~hypercolumns.store.StoreWriter` takes the results and commits them one by one.
 
-:func:`run` is the local engine: decoding in ``torch.utils.data.DataLoader`` worker processes
-while the model runs in this one, batches grouped by image size, progress through a callback,
-and a :class:`RunSummary` at the end.
+:func:`run` drives them with one of two engines and gives a :class:`RunSummary` at the end.
+The local engine decodes in ``torch.utils.data.DataLoader`` worker processes while the model
+runs in this one, batches grouped by image size. The Ray engine (:mod:`hypercolumns._ray`)
+decodes in Ray tasks and runs the model in a pool of Ray actors. Either way this process alone
+writes and commits the store.
 
 Points are sampled per image from a seed derived from the run's seed and the image's key, so
 an image gets the same points whatever batch it lands in, in this run or a resumed one.
@@ -57,6 +59,7 @@ from hypercolumns.store import (
     TILE,
     ImageResult,
     Kind,
+    StoreWriter,
     check_key,
     open_writer,
     store_kind,
@@ -81,6 +84,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".t
 DEFAULT_MAX_MEMORY = 1 << 30
 _BAND_QUANTUM = 16  # band rows are a multiple of this (and chunks follow the bands)
 _PLANS = 8  # extractors kept for different image sizes
+
+Engine = Literal["local", "ray"]
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -765,7 +770,7 @@ def _reason(err: BaseException) -> str:
     return text if isinstance(err, HypercolumnsError) else f"{type(err).__name__}: {text}"
 
 
-# -- the local engine --------------------------------------------------------------------------
+# -- the run -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -845,6 +850,9 @@ def run(
     band_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     writer_options: Mapping[str, Any] | None = None,
+    engine: Engine = "local",
+    ray_address: str | None = None,
+    actors: int | None = None,
     model: nn.Module | None = None,
 ) -> RunSummary:
     """Hypercolumns of every input image into the store ``out``; resumable.
@@ -853,81 +861,88 @@ def run(
     store's failure log and skipped, and the run goes on. Dense images whose working set
     exceeds ``max_memory`` are computed and written in horizontal bands.
 
+    Two engines make the same store. ``"local"``: images decoded in ``workers`` DataLoader
+    processes while the model runs in this one. ``"ray"`` (``pip install hypercolumns[ray]``):
+    a Ray Data pipeline, images read and decoded in Ray tasks and the model run by an actor
+    pool, one model per actor (one GPU each where the cluster has GPUs); this process writes
+    the store (see :mod:`hypercolumns._ray` and ``docs/ray.md``).
+
     Args:
         inputs: Image files, folders, glob patterns, ``.txt``/``.csv`` lists (see
             :func:`expand_inputs`).
         out: ``NAME.zarr`` for dense hypercolumns, ``NAME.parquet`` for sparse ones.
         settings: What to compute (see :class:`Settings`).
-        workers: DataLoader processes decoding images (0: decode in this process).
-        batch_size: Images of one size computed together.
-        device: Where the model runs; ``"auto"`` for CUDA when available.
+        workers: Local: DataLoader processes decoding images (0: decode in this process).
+            Ray: the most decoding tasks at a time (0: as many as Ray schedules).
+        batch_size: Images computed together (local: of one size; Ray: per actor call,
+            grouped by size inside).
+        device: Where the model runs; ``"auto"`` for CUDA when available (Ray: GPU actors
+            when the cluster has GPUs).
         overwrite: Replace an existing store at ``out`` (only ever a store).
         max_memory: Working set of one batch in bytes (default 1 GiB).
         band_rows: Output rows per band for images computed in bands.
         progress: Called as ``progress(processed, total)`` with this run's images.
         writer_options: Options of the store writer (e.g. ``part_images`` for Parquet).
+        engine: ``"local"`` or ``"ray"``.
+        ray_address: Ray: the cluster to join (``"auto"``, ``"ray://host:10001"``); by default
+            the one ``ray.init()`` finds (``RAY_ADDRESS``), else a new local instance.
+        actors: Ray: model actors (default: one per GPU, or one per node on CPU clusters).
         model: An already built model to use instead of building ``settings.model`` (which
-            then only names it); the store records the digest of its weights either way.
+            then only names it); the store records the digest of its weights either way. Ray:
+            it is sent to the actors, so it must pickle (its classes importable on the nodes).
 
     Returns:
         A :class:`RunSummary`.
 
     Raises:
-        HypercolumnsError: Bad inputs or settings; :class:`StoreError` when ``out`` cannot be
-            written or belongs to another configuration. A store that fails while written (a
-            full disk) keeps every image committed before; rerun to continue.
+        HypercolumnsError: Bad inputs or settings, Ray not installed or its pipeline failed;
+            :class:`StoreError` when ``out`` cannot be written or belongs to another
+            configuration. A store that fails while written (a full disk) keeps every image
+            committed before; rerun to continue.
     """
     start = time.perf_counter()
     out = Path(out)
-    if batch_size < 1 or workers < 0:
+    if engine not in ("local", "ray"):
+        raise HypercolumnsError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+    if engine == "local" and (ray_address is not None or actors is not None):
+        raise HypercolumnsError("a Ray address and actors apply to the Ray engine (engine='ray')")
+    if batch_size < 1 or workers < 0 or (actors is not None and actors < 1):
         raise HypercolumnsError(
-            f"batch size must be >= 1 and workers >= 0, got {batch_size}, {workers}"
+            f"batch size and actors must be >= 1 and workers >= 0, got {batch_size}, "
+            f"{actors}, {workers}"
         )
+    if engine == "ray":
+        from hypercolumns import _ray
+
+        _ray.require()
     sources = expand_inputs(inputs)
     kind = _check_out(out, settings)
     with_masks = {s.mask is not None for s in sources}
     if len(with_masks) > 1:
         raise HypercolumnsError("give a mask for every image or for none")
-    if str(device) == "auto":
+    if engine == "local" and str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     extraction = Extraction(
-        settings, device=device, max_memory=max_memory, band_rows=band_rows, model=model
+        settings,
+        device=device if engine == "local" else "cpu",  # Ray: here for the configuration only
+        max_memory=max_memory,
+        band_rows=band_rows,
+        model=model,
     )
     config = extraction.config(labels=with_masks == {True})
     writer = open_writer(out, config, overwrite=overwrite, **dict(writer_options or {}))
     todo = [s for s in sources if s.key not in writer.done]
-    failed: list[Failure] = []
-    done = banded = 0
-    processed = 0
-    if progress is not None:
-        progress(0, len(todo))
+    sink = _Sink(writer, len(todo), progress)
     try:
         with writer:
-            items = decoded(todo, extraction.decode_options, workers)
-            for batch in batches(items, batch_size, max_bytes=extraction.max_memory // 2):
-                whole = [
-                    d for d in batch if d.image is None or kind == "sparse" or extraction.fits(d)
-                ]
-                for result in extraction(whole):
-                    if isinstance(result, Failure):
-                        writer.fail(result.key, result.source, result.reason)
-                        failed.append(result)
-                    else:
-                        writer.write(result)
-                        done += 1
-                for item in batch:
-                    if any(item is d for d in whole):
-                        continue
-                    failure = _write_banded(extraction, writer, item)
-                    if failure is None:
-                        done += 1
-                        banded += 1
-                    else:
-                        writer.fail(failure.key, failure.source, failure.reason)
-                        failed.append(failure)
-                processed += len(batch)
-                if progress is not None:
-                    progress(processed, len(todo))
+            if engine == "ray" and todo:
+                _ray.run(
+                    todo, extraction, sink, address=ray_address, device=str(device),
+                    actors=actors, batch_size=batch_size, workers=workers,
+                    ship_model=model is not None,
+                )  # fmt: skip
+            elif todo:
+                _run_local(todo, extraction, sink, workers=workers, batch_size=batch_size)
     except OSError as err:
         raise StoreError(
             f"writing store {str(out)!r} failed: {err.strerror or err}; it keeps the "
@@ -935,24 +950,107 @@ def run(
             "rerun the same command to continue"
         ) from err
     return RunSummary(
-        store=str(out), kind=kind, images=len(sources), done=done,
-        skipped=len(sources) - len(todo), failed=tuple(failed), banded=banded,
+        store=str(out), kind=kind, images=len(sources), done=sink.done,
+        skipped=len(sources) - len(todo), failed=tuple(sink.failed), banded=sink.banded,
         bytes_written=writer.bytes_written, seconds=time.perf_counter() - start,
     )  # fmt: skip
+
+
+class _Sink:
+    """The writing end of a run, whatever the engine: results into the store, failures into its
+    log, counts, progress."""
+
+    def __init__(
+        self, writer: StoreWriter, total: int, progress: Callable[[int, int], None] | None
+    ) -> None:
+        self.writer, self.total, self.progress = writer, total, progress
+        self.done = self.banded = self.processed = 0
+        self.failed: list[Failure] = []
+        if progress is not None:
+            progress(0, total)
+
+    def put(self, result: ImageResult | Failure) -> None:
+        """Write and commit one image, or record why it failed."""
+        if isinstance(result, Failure):
+            self.writer.fail(result.key, result.source, result.reason)
+            self.failed.append(result)
+        else:
+            self.writer.write(result)
+            self.done += 1
+
+    def committed_in_bands(self) -> None:
+        """Count an image the engine wrote in bands and committed."""
+        self.done += 1
+        self.banded += 1
+
+    def advance(self, images: int) -> None:
+        """Report ``images`` more images processed."""
+        self.processed += images
+        if self.progress is not None:
+            self.progress(self.processed, self.total)
+
+
+def _run_local(
+    todo: Sequence[Source], extraction: Extraction, sink: _Sink, *, workers: int, batch_size: int
+) -> None:
+    """The local engine: decoding in DataLoader workers, the model in this process."""
+    items = decoded(todo, extraction.decode_options, workers)
+    for batch in batches(items, batch_size, max_bytes=extraction.max_memory // 2):
+        whole, banded = _split_whole(extraction, batch)
+        for result in extraction(whole):
+            sink.put(result)
+        for item in banded:
+            failure = _write_banded(extraction, sink.writer, item)
+            if failure is None:
+                sink.committed_in_bands()
+            else:
+                sink.put(failure)
+        sink.advance(len(batch))
+
+
+def _split_whole(
+    extraction: Extraction, batch: Sequence[Decoded]
+) -> tuple[list[Decoded], list[Decoded]]:
+    """The images of ``batch`` that :class:`Extraction` computes whole (with those that failed
+    to decode), and the dense images too large for its memory budget, to compute in bands."""
+    whole: list[Decoded] = []
+    banded: list[Decoded] = []
+    for d in batch:
+        fits = d.image is None or extraction.settings.points is not None or extraction.fits(d)
+        (whole if fits else banded).append(d)
+    return whole, banded
+
+
+@dataclass(frozen=True)
+class _BandLayout:
+    """How a dense image computed in bands is stored: its ``(C, H, W)`` shape, its record
+    (with the band rows and count) and the rows of its chunks."""
+
+    shape: tuple[int, int, int]
+    record: dict[str, Any]
+    chunk_rows: int
+
+    @staticmethod
+    def of(extraction: Extraction, item: Decoded) -> _BandLayout:
+        """The layout of ``item``'s bands; raises :class:`HypercolumnsError` when it cannot be
+        computed in bands."""
+        rows = extraction.band_rows_for(item)
+        shape = extraction.dense_shape(item)
+        bands = {"rows": rows, "count": math.ceil(shape[1] / rows)}
+        return _BandLayout(shape, {**item.record, "bands": bands}, math.gcd(rows, TILE))
 
 
 def _write_banded(extraction: Extraction, writer: Any, item: Decoded) -> Failure | None:
     """Compute a dense image band by band straight into its store slot; a failure to compute
     (not to write) is returned."""
     try:
-        rows = extraction.band_rows_for(item)
-        shape = extraction.dense_shape(item)
+        layout = _BandLayout.of(extraction, item)
     except HypercolumnsError as err:
         return Extraction._failure(item, _reason(err))
-    record = {**item.record, "bands": {"rows": rows, "count": math.ceil(shape[1] / rows)}}
     slot = writer.begin(
-        item.source.key, shape, extraction.settings.dtype, record, chunk_rows=math.gcd(rows, TILE)
-    )
+        item.source.key, layout.shape, extraction.settings.dtype, layout.record,
+        chunk_rows=layout.chunk_rows,
+    )  # fmt: skip
     try:
         for r0, band in extraction.bands(item):
             slot.write(r0, band)
