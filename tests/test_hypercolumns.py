@@ -309,6 +309,18 @@ def test_sampled_points_are_distinct_and_seeded(resnet: nn.Module) -> None:
         flat = img[:, 0] * 16 + img[:, 1]
         assert flat.unique().numel() == 200
         assert bool(((img >= 0) & (img < 16)).all())
+    # a planned extractor keeps the seeded pixels of its last call, and only those
+    ext = hc.HypercolumnExtractor(resnet, "layer1", 16)
+    same = [ext(x, 200, seed=7).points for _ in range(2)]
+    other, unseeded = ext(x, 200, seed=8).points, ext(x, 200, seed=None).points
+    fewer = ext(x, 100, seed=7).points
+    assert all(p is not None and torch.equal(p, a.points) for p in same)
+    assert other is not None
+    assert torch.equal(other, c.points)
+    assert unseeded is not None
+    assert not torch.equal(unseeded, c.points)
+    assert fewer is not None
+    assert fewer.shape == (2, 100, 2)
 
 
 def test_points_stratified_by_labels(resnet: nn.Module) -> None:

@@ -154,6 +154,8 @@ def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
 
 
 def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    if a is b:
+        return True
     return b is not None and a.shape == b.shape and a.device == b.device and torch.equal(a, b)
 
 
@@ -277,6 +279,7 @@ class HypercolumnExtractor:
         self._plans: dict[tuple[str, int, int], tuple[AxisPlan, AxisPlan]] = {}
         self._point_plans: dict[str, PointPlan] = {}  # for the points of the last call
         self._planned_points: torch.Tensor | None = None
+        self._sampled: dict[tuple[object, ...], torch.Tensor] = {}  # seeded points, last call
 
     @staticmethod
     def _check_normalize(
@@ -354,7 +357,14 @@ class HypercolumnExtractor:
                 f"(y, x) pixel coordinates, got {type(points).__name__}"
             )
         if isinstance(points, int):
-            return _sample(points, batch, (height, width), labels, seed).to(device)
+            seeded = labels is None and seed is not None
+            key = (points, batch, seed, device)
+            if seeded and key in self._sampled:
+                return self._sampled[key]  # the same pixels as the last call
+            pts = _sample(points, batch, (height, width), labels, seed).to(device)
+            if seeded:
+                self._sampled = {key: pts}
+            return pts
         if labels is not None:
             raise HypercolumnsError("labels= stratifies sampled points: give points=N with it")
         pts = points
