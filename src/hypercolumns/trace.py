@@ -536,22 +536,31 @@ def _rule_pad(call: _Call) -> State:
     rank = len(call.shape("self"))
     left = {rank - 1 - i: pad[2 * i] for i in range(n)}
     dims = list(st.dims)
-    for a in list(left):  # a token axis padded in front only: extra (zero) tokens, like CoaT's
+    scrambled = []
+    for a in list(left):
         dim = dims[a]
         if (
             dim.positional
             and dim.simple is None
             and left[a] >= 0
             and dim.size + left[a] == (call.out_shape[a])
-        ):
+        ):  # a token axis padded in front only: extra (zero) tokens, like CoaT's
             dims[a] = Dim(dim.factors, dim.prefix + left.pop(a))
+        elif dim.spatial and any(f.axis is None for f in dim.factors):
+            # Positions flattened together with other values (the skew that turns relative
+            # position logits into absolute ones, HaloNet's): where each value goes next is not
+            # followed, so the positions mix (inside their blocks, or across the map).
+            scrambled.append(dim)
+            dims[a] = _plain(int(call.out_shape[a]))
+            del left[a]
     axes = list(left)
-    return _mapped(
+    out = _mapped(
         replace(st, dims=tuple(dims)),
         call.out_shape,
         axes,
         lambda i, a, _: g.shift(a, -left[axes[i]]),
     )
+    return _mixing(out, scrambled)
 
 
 def _norm_dim(d: int, rank: int) -> int:
@@ -746,18 +755,26 @@ def _attend(st: State, keys: State, dims: Sequence[Dim]) -> State:
             raise _OpError("attends to sliding windows it cannot match with its queries")
         d, j = matches[0]
         query = out[d].factors[j] if j < len(out[d].factors) else None
-        if query is None or query.axis != split.axis or query.size != split.blocks:
-            raise _OpError("attends to sliding windows it cannot match with its queries")
-        block = query.split
-        if query.geom is None or query.inner or (block is not None and block.sliding):
-            raise _OpError("attends to sliding windows from windows")
         window = split.extent()
+        replaced: dict[Factor, Factor] = {}
         try:
-            replaced = {query: replace(query, geom=g.cover(window, query.geom))}
-            for dim in out:
-                for f in dim.factors:
-                    if block is not None and f.inner and f.split == block and f.geom:
-                        replaced[f] = replace(f, geom=g.cover(f.geom, window, f.size))
+            if split.blocks == 1 and (query is None or query.axis is None):
+                # One window for the whole map: every query position reads it.
+                for dim in out:
+                    for f in dim.factors:
+                        if f.axis == split.axis and f.positional and f.geom:
+                            replaced[f] = replace(f, geom=g.cover(f.geom, window, f.size))
+            else:
+                if query is None or query.axis != split.axis or query.size != split.blocks:
+                    raise _OpError("attends to sliding windows it cannot match with its queries")
+                block = query.split
+                if query.geom is None or query.inner or (block is not None and block.sliding):
+                    raise _OpError("attends to sliding windows from windows")
+                replaced[query] = replace(query, geom=g.cover(window, query.geom))
+                for dim in out:
+                    for f in dim.factors:
+                        if block is not None and f.inner and f.split == block and f.geom:
+                            replaced[f] = replace(f, geom=g.cover(f.geom, window, f.size))
         except ValueError as err:
             raise _OpError("attends to sliding windows on another grid") from err
         out = [replace(dim, factors=tuple(replaced.get(f, f) for f in dim.factors)) for dim in out]
