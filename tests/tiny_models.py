@@ -114,6 +114,32 @@ class OutlookAttention(nn.Module):
         return x + F.fold(t, (h, w), k, padding=p, stride=s)
 
 
+class RelativeLogits(nn.Module):
+    """Relative-position logits of each query of a block for each key of its window, along
+    rows and columns, made absolute by the pad-flatten-pad skew (HaloNet's ``PosEmbedRel``)."""
+
+    def __init__(self, channels: int, block: int, window: int) -> None:
+        super().__init__()
+        self.block, self.window = block, window
+        self.rows = nn.Parameter(torch.randn(2 * window - 1, channels))
+        self.cols = nn.Parameter(torch.randn(2 * window - 1, channels))
+
+    def _skew(self, q: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """``(M, n, n, C)`` queries to ``(M, n, window, n, window)`` logits along the last axis."""
+        n, win, rel = self.block, self.window, table.shape[0]
+        x = (q @ table.t()).reshape(-1, n, rel)
+        x = F.pad(F.pad(x, [0, 1]).flatten(1), [0, rel - n]).reshape(-1, n + 1, rel)
+        return x[:, :n, win - 1 :].reshape(-1, n, 1, n, win).expand(-1, -1, win, -1, -1)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        b, blocks, _, c = q.shape
+        n = self.block
+        q = q.reshape(-1, n, n, c)
+        along_x = self._skew(q, self.cols).permute(0, 1, 3, 2, 4)
+        along_y = self._skew(q.transpose(1, 2), self.rows).permute(0, 3, 1, 4, 2)
+        return (along_x + along_y).reshape(b, blocks, n * n, -1)
+
+
 class HaloAttention(nn.Module):
     """HaloNet's attention: the queries of each ``block`` x ``block`` block attend to the block
     and a ``halo`` around it, windows cut by ``Tensor.unfold`` from the zero-padded map; with
@@ -124,6 +150,7 @@ class HaloAttention(nn.Module):
         self.block, self.halo, self.stride = block, halo, stride
         self.q = nn.Conv2d(channels, channels, 1, stride=stride)
         self.kv = nn.Conv2d(channels, 2 * channels, 1)
+        self.relative = RelativeLogits(channels, block // stride, block + 2 * halo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -135,7 +162,7 @@ class HaloAttention(nn.Module):
         kv = F.pad(self.kv(x), [m, m, m, m]).unfold(2, win, n).unfold(3, win, n)
         kv = kv.reshape(b, 2 * c, rows * cols, win * win).permute(0, 2, 3, 1)
         k, v = kv.split(c, dim=-1)
-        t = (q @ k.transpose(-1, -2) / c**0.5).softmax(-1) @ v
+        t = (q @ k.transpose(-1, -2) / c**0.5 + self.relative(q)).softmax(-1) @ v
         t = t.reshape(b, rows, cols, bq, bq, c).permute(0, 5, 1, 3, 2, 4)
         return t.reshape(b, c, rows * bq, cols * bq)
 
