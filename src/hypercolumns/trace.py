@@ -1079,6 +1079,28 @@ def _rule_col2im(call: _Call) -> State:
     return State((*st.dims[:-2], _plain(call.out_shape[-3]), y, x), windows=st.windows)
 
 
+def _rule_index(call: _Call) -> State:
+    """``x[:, :, perm]``: one integer index tensor on a dim that holds no positions (CSATv2's
+    zigzag order of DCT coefficients) reorders values, not positions; anything else may move
+    values between positions."""
+    st = call.source
+    used = [(d, t) for d, t in enumerate(call.args["indices"]) if t is not None]
+    if st.is_global:
+        return _flat(call.out_shape, is_global=True)
+    if len(used) == 1:
+        d, index = used[0]
+        if (
+            not st.dims[d].spatial
+            and not index.dtype.is_floating_point
+            and index.dtype != torch.bool
+            and call.tracer.states.get(index) is None
+        ):
+            dims = (*st.dims[:d], *(_plain(int(n)) for n in index.shape), *st.dims[d + 1 :])
+            if _shape_of(State(dims)) == call.out_shape:
+                return State(dims)
+    raise _OpError("moves values between positions")
+
+
 def _rule_constant(call: _Call) -> None:
     return None
 
@@ -1152,6 +1174,7 @@ _RULES: dict[str, _Rule] = {
     "embedding": _rule_global,
     "im2col": _rule_im2col,
     "unfold": _rule_unfold,
+    "index": _rule_index,
     "col2im": _rule_col2im,
     "mkldnn_rnn_layer": _rule_rnn,
     "lstm": _rule_rnn,
@@ -1256,7 +1279,6 @@ for _op in (
 for _op in (
     "flip",
     "rot90",
-    "index",
     "index_select",
     "gather",
     "scatter",
