@@ -167,6 +167,38 @@ class HaloAttention(nn.Module):
         return t.reshape(b, c, rows * bq, cols * bq)
 
 
+class BlockTransform(nn.Module):
+    """CSATv2's DCT stem: a fixed linear transform of each ``block`` x ``block`` block along
+    rows and columns, its coefficients reordered by an index, then a 1x1 convolution."""
+
+    def __init__(self, channels: int, block: int, out_channels: int) -> None:
+        super().__init__()
+        self.block = block
+        self.register_buffer("basis", torch.rand(block, block))
+        self.register_buffer("order", torch.randperm(block * block))
+        self.conv = nn.Conv2d(channels * block * block, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = self.block
+        t = x.reshape(b, c, h // n, n, w // n, n).permute(0, 2, 4, 1, 3, 5)
+        t = F.linear(F.linear(t, self.basis).transpose(-1, -2), self.basis).transpose(-1, -2)
+        t = t.reshape(-1, c, n * n)[:, :, self.order]
+        t = t.reshape(b, h // n, w // n, c * n * n).permute(0, 3, 1, 2)
+        return self.conv(t)
+
+
+def block_transform() -> nn.Sequential:
+    """A DCT-like stem on 4x4 blocks, then outlook attention on its map of blocks."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        BlockTransform(4, 4, 8),
+        nn.Conv2d(8, 8, 3, padding=1),
+        OutlookAttention(8),
+        nn.Conv2d(8, 8, 3, padding=1),
+    )
+
+
 def outlook_and_halo() -> nn.Sequential:
     """Outlook attention (overlapping ``F.unfold``/``F.fold``) and halo attention
     (``Tensor.unfold``), plain and strided."""

@@ -108,8 +108,8 @@ class Split:
 def _sliding(f: Factor, size: int, kernel: int, step: int, pad: int = 0) -> tuple[Factor, Factor]:
     """Outer and inner factor of the sliding windows that cut the spatial factor ``f``: blocks
     that tile the axis are a plain split (they may join back), others stay windows."""
-    if f.geom is None or f.inner or f.split is not None:
-        raise _OpError("cuts windows out of a token axis or of windows")
+    if f.geom is None or f.inner:
+        raise _OpError("cuts windows out of positions inside windows")
     blocks = (f.size + 2 * pad - kernel) // step + 1
     if kernel == step and not pad and blocks * kernel == f.size:
         return Split(str(f.axis), f.geom, blocks).factors(size)
@@ -1016,7 +1016,7 @@ def _rule_unfold(call: _Call) -> State:
     if not dim.spatial:
         return State((*st.dims[:d], _plain(n), *st.dims[d + 1 :], _plain(size)), windows=st.windows)
     if dim.simple is None:
-        raise _OpError("cuts windows out of a token axis or of windows")
+        raise _OpError("cuts windows out of a token axis")
     outer, inner = _sliding(dim.simple, n * size, size, step)
     return State(
         (*st.dims[:d], Dim((outer,)), *st.dims[d + 1 :], Dim((inner,))), windows=st.windows
