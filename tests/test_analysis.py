@@ -574,3 +574,12 @@ def test_folding_windows_that_keep_their_positions_is_unknown() -> None:
     with pytest.warns(GeometryWarning, match=r"aten\.col2im .*where in the window"):
         found = hc.layers(nn.Sequential(conv(3, p=1), Lambda(refold)), 16)
     assert found[-1].rf is None
+
+
+def test_index_reorders_channels_but_not_positions() -> None:
+    order = torch.tensor([2, 0, 1])
+    r = rf(nn.Sequential(conv(3, p=1), Lambda(lambda x: x[:, order])), "1", 16)
+    assert geometry(r) == ((3, 3), (1.0, 1.0), (0.0, 0.0))
+    with pytest.warns(GeometryWarning, match=r"aten\.index"):
+        found = hc.layers(nn.Sequential(conv(3, p=1), Lambda(lambda x: x[:, :, order])), 16)
+    assert found[-1].rf is None
