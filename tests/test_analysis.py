@@ -15,7 +15,16 @@ from torch import nn
 import hypercolumns as hc
 from hypercolumns import trace
 from hypercolumns.errors import GeometryWarning, InputSizeError, ModelError
-from tests.tiny_models import PatchMerging, RowRNN, SpaceToDepth, WindowAttention, WindowConv
+from tests.tiny_models import (
+    HaloAttention,
+    OutlookAttention,
+    PatchMerging,
+    RowRNN,
+    SpaceToDepth,
+    WindowAttention,
+    WindowConv,
+    outlook_and_halo,
+)
 
 
 class Lambda(nn.Module):
@@ -74,6 +83,22 @@ def conv(
         (Lambda(lambda x: x[:, :, ::2, 1::4]), ((1, 1), (2.0, 4.0), (0.0, 1.0))),
         (Lambda(lambda x: F.pad(x, (1, 2, 3, 4))), ((1, 1), (1.0, 1.0), (-3.0, -1.0))),
         (Lambda(lambda x: torch.roll(x, 1, dims=3)), ((1, 1), (1.0, 1.0), (0.0, -1.0))),
+        # Sliding windows averaged: a 3x3 pooling with stride 2, like nn.AvgPool2d(3, 2).
+        (
+            Lambda(lambda x: x.unfold(2, 3, 2).unfold(3, 3, 2).mean((-2, -1))),
+            ((3, 3), (2.0, 2.0), (1.0, 1.0)),
+        ),
+        (
+            Lambda(
+                lambda x: (
+                    F.unfold(x, 3, padding=1, stride=2)
+                    .view(1, 3, 9, 16, 16)
+                    .amax(2)
+                    .view(1, 3, 16, 16)
+                )
+            ),
+            ((3, 3), (2.0, 2.0), (0.0, 0.0)),
+        ),
         (nn.GELU(), ((1, 1), (1.0, 1.0), (0.0, 0.0))),
         (nn.BatchNorm2d(3), ((1, 1), (1.0, 1.0), (0.0, 0.0))),
         (nn.GroupNorm(1, 3), ((1, 1), (1.0, 1.0), (0.0, 0.0))),
@@ -359,6 +384,7 @@ def test_known_models_raise_no_warnings() -> None:
         warnings.simplefilter("error")
         hc.layers(TwoStage(), 16)
         hc.layers(TinyViT(), 16)
+        hc.layers(outlook_and_halo(), 32)
 
 
 def test_input_too_small_names_the_layer() -> None:
@@ -514,3 +540,46 @@ def test_pooling_over_flattened_tokens_within_rows() -> None:
 
     r = rf(nn.Sequential(conv(3, p=1), SequenceReduction()), "1", (8, 16))
     assert geometry(r) == ((3, 6), (1.0, 4.0), (0.0, 1.5))
+
+
+# --- sliding windows: overlapping F.unfold / F.fold, Tensor.unfold ------------------------------
+
+
+def test_outlook_attention_folds_overlapping_windows() -> None:
+    r = rf(nn.Sequential(nn.Conv2d(3, 4, 1), OutlookAttention(4)), "1", 16)
+    # 3x3 windows every 2 pixels, padded by 1: an even pixel lies in one window, an odd one
+    # in two; the fold places each window's values back where they came from.
+    assert geometry(r) == ((5, 5), (1.0, 1.0), (0.0, 0.0))
+    assert not r.uniform
+    assert r.aligned
+    assert r.unit_box(4, 5) == (3.0, 3.0, 5.0, 7.0)
+
+
+def test_halo_attention_reads_the_block_and_its_halo() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), HaloAttention(4, block=4, halo=1))
+    found = {layer.name: layer for layer in hc.layers(model, 16)}
+    r = found["1"].rf
+    assert r is not None
+    assert geometry(r) == ((6, 6), (1.0, 1.0), (0.0, 0.0))
+    assert r.unit_box(5, 2) == (3.0, -1.0, 8.0, 4.0)  # block 1 of rows, block 0 of columns
+    # The relative-position logits read each query's block (the skew mixes its positions).
+    assert found["1.relative"].rf is not None
+    assert found["1.relative"].rf.unit_box(1, 0) == (4.0, 0.0, 7.0, 3.0)
+
+
+def test_folding_windows_that_keep_their_positions_is_unknown() -> None:
+    def refold(x: torch.Tensor) -> torch.Tensor:
+        return F.fold(F.unfold(x, 3, padding=1), x.shape[-2:], 3, padding=1)
+
+    with pytest.warns(GeometryWarning, match=r"aten\.col2im .*where in the window"):
+        found = hc.layers(nn.Sequential(conv(3, p=1), Lambda(refold)), 16)
+    assert found[-1].rf is None
+
+
+def test_index_reorders_channels_but_not_positions() -> None:
+    order = torch.tensor([2, 0, 1])
+    r = rf(nn.Sequential(conv(3, p=1), Lambda(lambda x: x[:, order])), "1", 16)
+    assert geometry(r) == ((3, 3), (1.0, 1.0), (0.0, 0.0))
+    with pytest.warns(GeometryWarning, match=r"aten\.index"):
+        found = hc.layers(nn.Sequential(conv(3, p=1), Lambda(lambda x: x[:, :, order])), 16)
+    assert found[-1].rf is None

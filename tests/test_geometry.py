@@ -147,3 +147,13 @@ def test_receptive_field_value_type() -> None:
     assert whole.is_global
     assert whole.size == (224, 320)
     assert whole.center == (111.5, 159.5)
+
+
+def test_cover_adds_the_matched_window_and_keeps_positions() -> None:
+    window = g.conv(g.IDENTITY, 3, 2, 1)  # windows of 3 units every 2, padded by 1
+    covered = g.cover(g.IDENTITY, window, 2)  # unit j also reads window j // 2
+    assert [covered.edges(j) for j in range(4)] == [(-1, 1), (-1, 1), (1, 3), (1, 3)]
+    assert (covered.stride, covered.center) == (1, 0)
+    assert not covered.uniform
+    with pytest.raises(ValueError, match="stride"):
+        g.cover(g.IDENTITY, window, 3)

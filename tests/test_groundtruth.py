@@ -27,7 +27,7 @@ from hypercolumns.testing import (
     gradient_rf,
     rf_mismatches,
 )
-from tests.tiny_models import RowRNN, windowed
+from tests.tiny_models import RowRNN, block_transform, outlook_and_halo, windowed
 
 LAST = "<last spatial layer>"
 
@@ -228,6 +228,8 @@ SMALL: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "dilated": (_dilated, 96),
     "padded": (_padded, 64),
     "windowed": (windowed, 256),
+    "outlook_and_halo": (outlook_and_halo, 96),
+    "block_transform": (block_transform, 96),
 }
 
 

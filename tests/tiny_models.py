@@ -4,6 +4,7 @@ import time
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -89,6 +90,126 @@ class SpaceToDepth(nn.Module):
         b, c, h, w = x.shape
         t = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4)
         return t.reshape(b, 4 * c, h // 2, w // 2)
+
+
+class OutlookAttention(nn.Module):
+    """VOLO's outlook attention: every ``kernel`` x ``kernel`` window (``F.unfold``, overlapping
+    when ``stride`` < ``kernel``) is mixed by weights computed from the average-pooled map,
+    and the windows are summed back into place by ``F.fold``."""
+
+    def __init__(self, channels: int, kernel: int = 3, stride: int = 2) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.attn = nn.Conv2d(channels, kernel**4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        k, s, p = self.kernel, self.stride, self.kernel // 2
+        v = F.unfold(self.v(x), k, padding=p, stride=s).reshape(b, c, k * k, -1)
+        pooled = F.avg_pool2d(x, s, s, ceil_mode=True)
+        a = self.attn(pooled).flatten(2).transpose(1, 2).reshape(b, -1, k * k, k * k)
+        t = a.softmax(-1) @ v.permute(0, 3, 2, 1)  # windows, kernel position, channels
+        t = t.permute(0, 3, 2, 1).reshape(b, c * k * k, -1)
+        return x + F.fold(t, (h, w), k, padding=p, stride=s)
+
+
+class RelativeLogits(nn.Module):
+    """Relative-position logits of each query of a block for each key of its window, along
+    rows and columns, made absolute by the pad-flatten-pad skew (HaloNet's ``PosEmbedRel``)."""
+
+    def __init__(self, channels: int, block: int, window: int) -> None:
+        super().__init__()
+        self.block, self.window = block, window
+        self.rows = nn.Parameter(torch.randn(2 * window - 1, channels))
+        self.cols = nn.Parameter(torch.randn(2 * window - 1, channels))
+
+    def _skew(self, q: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """``(M, n, n, C)`` queries to ``(M, n, window, n, window)`` logits along the last axis."""
+        n, win, rel = self.block, self.window, table.shape[0]
+        x = (q @ table.t()).reshape(-1, n, rel)
+        x = F.pad(F.pad(x, [0, 1]).flatten(1), [0, rel - n]).reshape(-1, n + 1, rel)
+        return x[:, :n, win - 1 :].reshape(-1, n, 1, n, win).expand(-1, -1, win, -1, -1)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        b, blocks, _, c = q.shape
+        n = self.block
+        q = q.reshape(-1, n, n, c)
+        along_x = self._skew(q, self.cols).permute(0, 1, 3, 2, 4)
+        along_y = self._skew(q.transpose(1, 2), self.rows).permute(0, 3, 1, 4, 2)
+        return (along_x + along_y).reshape(b, blocks, n * n, -1)
+
+
+class HaloAttention(nn.Module):
+    """HaloNet's attention: the queries of each ``block`` x ``block`` block attend to the block
+    and a ``halo`` around it, windows cut by ``Tensor.unfold`` from the zero-padded map; with
+    ``stride`` 2 the queries come from a strided convolution."""
+
+    def __init__(self, channels: int, block: int, halo: int, stride: int = 1) -> None:
+        super().__init__()
+        self.block, self.halo, self.stride = block, halo, stride
+        self.q = nn.Conv2d(channels, channels, 1, stride=stride)
+        self.kv = nn.Conv2d(channels, 2 * channels, 1)
+        self.relative = RelativeLogits(channels, block // stride, block + 2 * halo)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n, m, bq = self.block, self.halo, self.block // self.stride
+        rows, cols = h // n, w // n
+        q = self.q(x).reshape(b, c, rows, bq, cols, bq).permute(0, 2, 4, 3, 5, 1)
+        q = q.reshape(b, rows * cols, bq * bq, c)
+        win = n + 2 * m
+        kv = F.pad(self.kv(x), [m, m, m, m]).unfold(2, win, n).unfold(3, win, n)
+        kv = kv.reshape(b, 2 * c, rows * cols, win * win).permute(0, 2, 3, 1)
+        k, v = kv.split(c, dim=-1)
+        t = (q @ k.transpose(-1, -2) / c**0.5 + self.relative(q)).softmax(-1) @ v
+        t = t.reshape(b, rows, cols, bq, bq, c).permute(0, 5, 1, 3, 2, 4)
+        return t.reshape(b, c, rows * bq, cols * bq)
+
+
+class BlockTransform(nn.Module):
+    """CSATv2's DCT stem: a fixed linear transform of each ``block`` x ``block`` block along
+    rows and columns, its coefficients reordered by an index, then a 1x1 convolution."""
+
+    def __init__(self, channels: int, block: int, out_channels: int) -> None:
+        super().__init__()
+        self.block = block
+        self.register_buffer("basis", torch.rand(block, block))
+        self.register_buffer("order", torch.randperm(block * block))
+        self.conv = nn.Conv2d(channels * block * block, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = self.block
+        t = x.reshape(b, c, h // n, n, w // n, n).permute(0, 2, 4, 1, 3, 5)
+        t = F.linear(F.linear(t, self.basis).transpose(-1, -2), self.basis).transpose(-1, -2)
+        t = t.reshape(-1, c, n * n)[:, :, self.order]
+        t = t.reshape(b, h // n, w // n, c * n * n).permute(0, 3, 1, 2)
+        return self.conv(t)
+
+
+def block_transform() -> nn.Sequential:
+    """A DCT-like stem on 4x4 blocks, then outlook attention on its map of blocks."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        BlockTransform(4, 4, 8),
+        nn.Conv2d(8, 8, 3, padding=1),
+        OutlookAttention(8),
+        nn.Conv2d(8, 8, 3, padding=1),
+    )
+
+
+def outlook_and_halo() -> nn.Sequential:
+    """Outlook attention (overlapping ``F.unfold``/``F.fold``) and halo attention
+    (``Tensor.unfold``), plain and strided."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        OutlookAttention(8),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        OutlookAttention(8, stride=1),
+        HaloAttention(8, block=4, halo=1),
+        HaloAttention(8, block=4, halo=2, stride=2),
+    )
 
 
 def windowed() -> nn.Sequential:

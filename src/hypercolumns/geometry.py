@@ -29,6 +29,7 @@ __all__ = [
     "ReceptiveField",
     "adaptive_pool",
     "conv",
+    "cover",
     "interpolate",
     "pixel_shuffle",
     "resample",
@@ -330,6 +331,39 @@ def pixel_shuffle(axis: Axis, factor: int, *, inverse: bool = False) -> Axis:
         return conv(axis, factor, factor)
     return resample(
         axis, slope=Q(1, factor), taps=lambda j: (j // factor,), position=lambda j: Q(j // factor)
+    )
+
+
+def cover(axis: Axis, other: Axis, block: int = 1) -> Axis:
+    """``axis`` with unit ``j`` also reading ``other``'s unit ``j // block``.
+
+    Positions are ``axis``'s; each unit's extent becomes the union of its own and that of the
+    ``other`` unit it is matched with (queries that attend to a window: the window's extent
+    joins the query's). ``other`` must step ``block`` units of ``axis`` per unit.
+
+    Raises:
+        ValueError: ``other.stride`` is not ``block * axis.stride``, or the pattern of extents
+            is too long to list exactly.
+    """
+    if other.stride != block * axis.stride:
+        raise ValueError(f"stride {other.stride} is not {block} x {axis.stride}")
+    period = math.lcm(axis.period, block * other.period)
+    if period > _MAX_PERIOD:
+        raise ValueError(f"a pattern of {period} units is too long to list")
+    lo, hi = [], []
+    for j in range(period):
+        mid = axis.center + j * axis.stride
+        (a0, a1), (b0, b1) = axis.edges(j), other.edges(j // block)
+        lo.append(min(a0, b0) - mid)
+        hi.append(max(a1, b1) - mid)
+    lo, hi = _reduce_period(lo, hi)
+    return Axis(
+        axis.stride,
+        axis.center,
+        tuple(lo),
+        tuple(hi),
+        axis.aligned and other.aligned,
+        axis.envelope or other.envelope,
     )
 
 

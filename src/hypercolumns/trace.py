@@ -73,22 +73,54 @@ class Split:
     factor only. Joined again in order, outer then inner, they are a plain axis; when
     positions inside blocks were mixed (attention within windows), every unit of the joined
     axis reads its whole block.
+
+    *Sliding* windows (``F.unfold``, ``Tensor.unfold``; VOLO, HaloNet) may overlap: window
+    ``o`` holds units ``o * step - pad + j`` of ``origin``, ``j < kernel``. The outer factor's
+    geometry is that of a convolution with this kernel, the inner one's is ``origin`` (unit
+    ``o * step - pad + j``). They never join back into an axis: ``F.fold`` sums them.
     """
 
     axis: str
     origin: g.Axis
     blocks: int
+    kernel: int = 0  # sliding windows only: their size, step and padding
+    step: int = 0
+    pad: int = 0
+
+    @property
+    def sliding(self) -> bool:
+        return self.kernel > 0
 
     def factors(self, size: int) -> tuple[Factor, Factor]:
         """The outer and inner factor of a ``size``-unit axis with geometry ``origin``."""
+        if self.sliding:
+            outer = Factor(self.blocks, self.axis, self.extent(), self)
+            return outer, Factor(self.kernel, self.axis, self.origin, self, inner=True)
         block = size // self.blocks
         outer = Factor(self.blocks, self.axis, g.conv(self.origin, block, block), self)
         return outer, Factor(block, self.axis, self.origin, self, inner=True)
+
+    def extent(self) -> g.Axis:
+        """Geometry of sliding window ``o``: every unit it holds."""
+        return g.conv(self.origin, self.kernel, self.step, self.pad)
+
+
+def _sliding(f: Factor, size: int, kernel: int, step: int, pad: int = 0) -> tuple[Factor, Factor]:
+    """Outer and inner factor of the sliding windows that cut the spatial factor ``f``: blocks
+    that tile the axis are a plain split (they may join back), others stay windows."""
+    if f.geom is None or f.inner:
+        raise _OpError("cuts windows out of positions inside windows")
+    blocks = (f.size + 2 * pad - kernel) // step + 1
+    if kernel == step and not pad and blocks * kernel == f.size:
+        return Split(str(f.axis), f.geom, blocks).factors(size)
+    return Split(str(f.axis), f.geom, blocks, kernel, step, pad).factors(size)
 
 
 def _join(inner: Factor, mixed: bool) -> Factor:
     """The whole axis of ``inner``'s split; with ``mixed``, each unit reading its whole block."""
     assert inner.split is not None
+    if inner.split.sliding:
+        raise _OpError("joins sliding windows back into an axis")
     assert inner.geom is not None
     size, geom = inner.size * inner.split.blocks, inner.geom
     if mixed:
@@ -164,7 +196,11 @@ def _fuse(factors: Sequence[Factor], windows: frozenset[Split]) -> tuple[Factor,
     for f in factors:
         prev = out[-1] if out else None
         if f.inner and prev is not None and not prev.inner and prev.split == f.split:
-            out[-1] = _join(f, f.split in windows)
+            assert f.split is not None
+            if f.split.sliding:  # overlapping windows stay two factors
+                out.append(f)
+            else:
+                out[-1] = _join(f, f.split in windows)
         else:
             out.append(f)
     return tuple(out)
@@ -173,7 +209,8 @@ def _fuse(factors: Sequence[Factor], windows: frozenset[Split]) -> tuple[Factor,
 def joined_axes(state: State) -> tuple[g.Axis, g.Axis] | None:
     """Geometry of the ``y`` and ``x`` axes of a tensor whose spatial axes may be cut into
     blocks (windows laid out as batch and token dims): each axis is one positional factor, or
-    the outer and inner factor of one split, anywhere in the tensor."""
+    the outer and inner factor of one split, anywhere in the tensor. Units of sliding windows
+    are the windows."""
     found: dict[str, list[Factor]] = {"y": [], "x": []}
     for dim in state.dims:
         for f in dim.factors:
@@ -185,10 +222,13 @@ def joined_axes(state: State) -> tuple[g.Axis, g.Axis] | None:
     for fs in found.values():
         if len(fs) == 1 and fs[0].positional and fs[0].split is None:
             axes.append(fs[0].geom)
-        elif len(fs) == 2 and fs[0].split is not None and fs[0].split == fs[1].split:
+        elif len(fs) == 2 and (split := fs[0].split) is not None and split == fs[1].split:
             inner = [f for f in fs if f.inner]
             if len(inner) != 1:
                 return None
+            if split.sliding:
+                axes.append(next(f for f in fs if not f.inner).geom)
+                continue
             axes.append(_join(inner[0], inner[0].split in state.windows).geom)
         else:
             return None
@@ -496,22 +536,31 @@ def _rule_pad(call: _Call) -> State:
     rank = len(call.shape("self"))
     left = {rank - 1 - i: pad[2 * i] for i in range(n)}
     dims = list(st.dims)
-    for a in list(left):  # a token axis padded in front only: extra (zero) tokens, like CoaT's
+    scrambled = []
+    for a in list(left):
         dim = dims[a]
         if (
             dim.positional
             and dim.simple is None
             and left[a] >= 0
             and dim.size + left[a] == (call.out_shape[a])
-        ):
+        ):  # a token axis padded in front only: extra (zero) tokens, like CoaT's
             dims[a] = Dim(dim.factors, dim.prefix + left.pop(a))
+        elif dim.spatial and any(f.axis is None for f in dim.factors):
+            # Positions flattened together with other values (the skew that turns relative
+            # position logits into absolute ones, HaloNet's): where each value goes next is not
+            # followed, so the positions mix (inside their blocks, or across the map).
+            scrambled.append(dim)
+            dims[a] = _plain(int(call.out_shape[a]))
+            del left[a]
     axes = list(left)
-    return _mapped(
+    out = _mapped(
         replace(st, dims=tuple(dims)),
         call.out_shape,
         axes,
         lambda i, a, _: g.shift(a, -left[axes[i]]),
     )
+    return _mixing(out, scrambled)
 
 
 def _norm_dim(d: int, rank: int) -> int:
@@ -682,6 +731,56 @@ def _mixing(st: State, dims: Sequence[Dim]) -> State:
     return replace(st, windows=st.windows | windows) if windows else st
 
 
+def _attend(st: State, keys: State, dims: Sequence[Dim]) -> State:
+    """Queries ``st`` after a product with ``keys`` over (or keeping) the positions ``dims``
+    that are inside sliding windows (HaloNet's halo attention, VOLO's outlook attention).
+
+    The query of block ``o`` (a batch dim, matched with the dim of ``keys`` that holds window
+    ``o``) reads the whole window: its block takes the window's position and extent, and the
+    positions inside a query block (the inner factor of its split) add the window's extent to
+    their own. A score that keeps the window's positions as columns (``q @ k^T``) is counted as
+    reading the whole window: exact once a softmax has mixed them, as attention does.
+    """
+    splits = {f.split for dim in dims for f in dim.factors if f.split and f.split.sliding}
+    out = list(st.dims)
+    lead = len(st.dims) - len(keys.dims)
+    for split in splits:
+        matches = [
+            (d + lead, j)
+            for d, dim in enumerate(keys.dims[:-2])
+            for j, f in enumerate(dim.factors)
+            if f.split == split and not f.inner
+        ]
+        if len(matches) != 1 or matches[0][0] < 0:
+            raise _OpError("attends to sliding windows it cannot match with its queries")
+        d, j = matches[0]
+        query = out[d].factors[j] if j < len(out[d].factors) else None
+        window = split.extent()
+        replaced: dict[Factor, Factor] = {}
+        try:
+            if split.blocks == 1 and (query is None or query.axis is None):
+                # One window for the whole map: every query position reads it.
+                for dim in out:
+                    for f in dim.factors:
+                        if f.axis == split.axis and f.positional and f.geom:
+                            replaced[f] = replace(f, geom=g.cover(f.geom, window, f.size))
+            else:
+                if query is None or query.axis != split.axis or query.size != split.blocks:
+                    raise _OpError("attends to sliding windows it cannot match with its queries")
+                block = query.split
+                if query.geom is None or query.inner or (block is not None and block.sliding):
+                    raise _OpError("attends to sliding windows from windows")
+                replaced[query] = replace(query, geom=g.cover(window, query.geom))
+                for dim in out:
+                    for f in dim.factors:
+                        if block is not None and f.inner and f.split == block and f.geom:
+                            replaced[f] = replace(f, geom=g.cover(f.geom, window, f.size))
+        except ValueError as err:
+            raise _OpError("attends to sliding windows on another grid") from err
+        out = [replace(dim, factors=tuple(replaced.get(f, f) for f in dim.factors)) for dim in out]
+    return replace(st, dims=tuple(out))
+
+
 def _matmul_rule(names: tuple[str, str], batched: bool) -> _Rule:
     def rule(call: _Call) -> State:
         a, b = (call.state(n) for n in names)
@@ -694,7 +793,8 @@ def _matmul_rule(names: tuple[str, str], batched: bool) -> _Rule:
             st = State((*a.dims[:-1], width))
             if not any(d.spatial for d in st.dims):
                 return _flat(call.out_shape, is_global=True)
-            return _mixing(st, [a.dims[-1], b.dims[-2]])
+            st = _mixing(st, [a.dims[-1], b.dims[-2]])
+            return _attend(st, b, [a.dims[-1], *b.dims[-2:]])
         if (a and a.is_global) or (b and b.is_global):
             return _flat(call.out_shape, is_global=True)
         # A product over a dim that holds positions: fully connected (global), unless the
@@ -903,46 +1003,102 @@ def _rule_rnn(call: _Call) -> list[State]:
     return [out, *rest]
 
 
+def _rule_unfold(call: _Call) -> State:
+    """``Tensor.unfold(dim, size, step)``: sliding windows along one axis (HaloNet's halo
+    windows): which window stays in place, the position inside it becomes the last dim."""
+    st = call.source
+    d = _norm_dim(int(call.args["dimension"]), len(st.dims))
+    size, step = int(call.args["size"]), int(call.args["step"])
+    n = int(call.out_shape[d])
+    if st.is_global:
+        return _flat(call.out_shape, is_global=True)
+    dim = st.dims[d]
+    if not dim.spatial:
+        return State((*st.dims[:d], _plain(n), *st.dims[d + 1 :], _plain(size)), windows=st.windows)
+    if dim.simple is None:
+        raise _OpError("cuts windows out of a token axis")
+    outer, inner = _sliding(dim.simple, n * size, size, step)
+    return State(
+        (*st.dims[:d], Dim((outer,)), *st.dims[d + 1 :], Dim((inner,))), windows=st.windows
+    )
+
+
 def _rule_im2col(call: _Call) -> State:
-    """``F.unfold`` into non-overlapping patches (TNT's pixel tokens): a split of both axes,
-    the positions inside a patch joining the channels, the patches the last dim."""
+    """``F.unfold``: sliding windows of both axes (TNT's patches, VOLO's outlook windows); the
+    positions inside a window join the channels, the windows are the last dim."""
     st = call.source
     k, s = _ints(call.args["kernel_size"], 2), _ints(call.args["stride"], 2)
     p, d = _ints(call.args["padding"], 2), _ints(call.args["dilation"], 2)
     fy, fx = st.dims[-2].simple, st.dims[-1].simple
     if st.is_global:
         return _flat(call.out_shape, is_global=True)
-    if k != s or any(p) or d != [1, 1] or fy is None or fx is None or st.dims[-3].spatial:
-        raise _OpError("unfolds overlapping or padded windows")
+    if d != [1, 1] or fy is None or fx is None or st.dims[-3].spatial:
+        raise _OpError("unfolds dilated windows, or windows of a token axis")
     outer, inner = [], []
-    for f, n in ((fy, k[0]), (fx, k[1])):
-        assert f.geom is not None
-        o, i = Split(str(f.axis), f.geom, f.size // n).factors(f.size // n * n)
+    for f, i in ((fy, 0), (fx, 1)):
+        o, j = _sliding(f, f.size, k[i], s[i], p[i])
         outer.append(o)
-        inner.append(i)
+        inner.append(j)
     channels = Dim((*st.dims[-3].factors, *inner))
-    return State((*st.dims[:-3], channels, Dim(tuple(outer))))
+    return State((*st.dims[:-3], channels, Dim(tuple(outer))), windows=st.windows)
 
 
 def _rule_col2im(call: _Call) -> State:
-    """``F.fold`` of non-overlapping patches: the inverse of :func:`_rule_im2col`."""
+    """``F.fold``: each window's values summed back into place. The patches of an unfold
+    (non-overlapping) join back; otherwise a fold is a transposed convolution over the windows,
+    exact when the values of a window do not depend on where in it they go (the positions
+    inside windows were mixed, or never held)."""
     st = call.source
     k, s = _ints(call.args["kernel_size"], 2), _ints(call.args["stride"], 2)
+    p, d = _ints(call.args["padding"], 2), _ints(call.args["dilation"], 2)
     channels, patches = st.dims[-2], st.dims[-1]
     inner, outer = channels.factors[-2:], patches.factors
     pairs = list(zip(inner, outer, strict=False)) if len(inner) == len(outer) == 2 else []
-    ok = (
+    joins = (
         k == s
-        and not any(_ints(call.args["padding"], 2))
+        and not any(p)
         and bool(pairs)
         and all(i.inner and o.split == i.split and not o.inner for i, o in pairs)
         and [o.size * i.size for i, o in pairs] == list(call.out_shape[-2:])
     )
-    if not ok:
-        raise _OpError("folds windows that are not the patches of an unfold")
-    rest = Dim(channels.factors[:-2]) if channels.factors[:-2] else _plain(call.out_shape[-3])
-    y, x = (Dim((_join(i, i.split in st.windows),)) for i in inner)
-    return State((*st.dims[:-2], rest, y, x))
+    if joins:
+        rest = Dim(channels.factors[:-2]) if channels.factors[:-2] else _plain(call.out_shape[-3])
+        y, x = (Dim((_join(i, i.split in st.windows),)) for i in inner)
+        return State((*st.dims[:-2], rest, y, x))
+    held = [f for f in channels.factors if f.axis is not None]
+    if any(f.split is None or f.split not in st.windows for f in held):
+        raise _OpError("folds windows whose values depend on where in the window they go")
+    if [f.axis if f.positional else None for f in outer] != ["y", "x"]:
+        raise _OpError("folds windows that are not laid out as a map")
+    axes = []
+    for i, f in enumerate(outer):
+        assert f.geom is not None
+        geom = g.transposed_conv(f.geom, k[i], s[i], p[i], d[i])
+        axes.append(Dim((Factor(int(call.out_shape[-2 + i]), f.axis, geom),)))
+    y, x = axes
+    return State((*st.dims[:-2], _plain(call.out_shape[-3]), y, x), windows=st.windows)
+
+
+def _rule_index(call: _Call) -> State:
+    """``x[:, :, perm]``: one integer index tensor on a dim that holds no positions (CSATv2's
+    zigzag order of DCT coefficients) reorders values, not positions; anything else may move
+    values between positions."""
+    st = call.source
+    used = [(d, t) for d, t in enumerate(call.args["indices"]) if t is not None]
+    if st.is_global:
+        return _flat(call.out_shape, is_global=True)
+    if len(used) == 1:
+        d, index = used[0]
+        if (
+            not st.dims[d].spatial
+            and not index.dtype.is_floating_point
+            and index.dtype != torch.bool
+            and call.tracer.states.get(index) is None
+        ):
+            dims = (*st.dims[:d], *(_plain(int(n)) for n in index.shape), *st.dims[d + 1 :])
+            if _shape_of(State(dims)) == call.out_shape:
+                return State(dims)
+    raise _OpError("moves values between positions")
 
 
 def _rule_constant(call: _Call) -> None:
@@ -1017,6 +1173,8 @@ _RULES: dict[str, _Rule] = {
     "mv": _matmul_rule(("self", "vec"), False),
     "embedding": _rule_global,
     "im2col": _rule_im2col,
+    "unfold": _rule_unfold,
+    "index": _rule_index,
     "col2im": _rule_col2im,
     "mkldnn_rnn_layer": _rule_rnn,
     "lstm": _rule_rnn,
@@ -1121,7 +1279,6 @@ for _op in (
 for _op in (
     "flip",
     "rot90",
-    "index",
     "index_select",
     "gather",
     "scatter",
@@ -1137,7 +1294,6 @@ for _op in (
     "grid_sampler",
     "_upsample_bilinear2d_aa",
     "_upsample_bicubic2d_aa",
-    "unfold",
     "repeat",
     "as_strided",
     "nonzero",
