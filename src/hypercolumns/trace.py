@@ -1205,63 +1205,148 @@ _BATCH_NORMS = {
 }
 
 
-def _meta_shortcut(func: Any, args: tuple[Any, ...]) -> Any:
+def _meta_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous meta tensor, made without entering the tracer (when it is active)."""
+    with torch._C._DisableTorchDispatch():
+        return torch.empty(shape, device="meta", dtype=dtype)
+
+
+def _meta_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like(x)`` on the meta device, at a fraction of its cost (PyTorch's meta
+    ``empty_like`` is a Python decomposition): the strides of a dense ``x`` are kept, as
+    ``empty_like`` keeps them."""
+    if not x.is_contiguous() and not _dense(x.shape, x.stride()):
+        with torch._C._DisableTorchDispatch():
+            return torch.empty_like(x, device="meta")
+    with torch._C._DisableTorchDispatch():
+        return torch.empty_strided(x.shape, x.stride(), device="meta", dtype=x.dtype)
+
+
+def _dense(shape: Sequence[int], stride: Sequence[int]) -> bool:
+    """Some permutation of the dims is contiguous (no gaps, no overlap)."""
+    expected = 1
+    for step, size in sorted((st, n) for n, st in zip(shape, stride, strict=True) if n != 1):
+        if step != expected:
+            return False
+        expected *= size
+    return expected > 0
+
+
+def _broadcast_shape(shapes: Sequence[torch.Size]) -> tuple[int, ...] | None:
+    """The shape ``shapes`` broadcast to, or ``None`` when they do not broadcast."""
+    first = shapes[0]
+    if all(s == first for s in shapes):
+        return tuple(first)
+    out = [1] * max(len(s) for s in shapes)
+    for s in shapes:
+        for i, n in enumerate(s, len(out) - len(s)):
+            if n != 1:
+                if out[i] not in (1, n):
+                    return None
+                out[i] = n
+    return tuple(out)
+
+
+def _meta_shortcut(op: _Op, args: tuple[Any, ...]) -> Any:
     """Outputs of shape-preserving ops built directly: PyTorch's meta kernels for batch norm and
     in-place activations are Python decompositions that cost more than the rest of a trace."""
     x = args[0] if args else None
     if not isinstance(x, torch.Tensor) or not x.is_meta:
         return None
-    name = func.overloadpacket.__name__
+    name = op.name
     if name in _BATCH_NORMS:
-        stats = torch.empty(0, device="meta", dtype=x.dtype)
-        return (torch.empty_like(x), stats, stats.clone())
+        stats = _meta_empty((0,), x.dtype)
+        return (_meta_like(x), stats, _meta_empty((0,), x.dtype))
     if name == "native_layer_norm":
         n = len(args[1])
-        stats = torch.empty((*x.shape[: x.dim() - n], *([1] * n)), device="meta", dtype=x.dtype)
-        return (torch.empty_like(x), stats, stats.clone())
-    if torch.Tag.pointwise not in func.tags or name in _BOOLEAN or not x.dtype.is_floating_point:
+        shape = (*x.shape[: x.dim() - n], *([1] * n))
+        return (_meta_like(x), _meta_empty(shape, x.dtype), _meta_empty(shape, x.dtype))
+    if not op.pointwise_float or not x.dtype.is_floating_point:
         return None
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if any(t.dtype != x.dtype for t in tensors):
         return None  # type promotion: leave it to PyTorch
     if name.endswith("_"):
         return x
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors))  # type: ignore[no-untyped-call]
+    shape = _broadcast_shape([t.shape for t in tensors])
+    if shape is None:
+        return None  # PyTorch raises the error
     like = next((t for t in tensors if t.shape == shape and t.is_meta), None)
     if like is not None:
-        return torch.empty_like(like)
-    return torch.empty(shape, device="meta", dtype=x.dtype)
+        return _meta_like(like)
+    return _meta_empty(shape, x.dtype)
+
+
+@dataclass(frozen=True)
+class _Op:
+    """What the tracer needs to know of one ATen op overload, looked up once per trace."""
+
+    name: str
+    rule: _Rule | None  # the op's geometry rule, if it has one
+    decompose: bool  # composite, without a rule of its own: follow its decomposition
+    elementwise: bool  # tagged pointwise, or known to be elementwise
+    pointwise_float: bool  # tagged pointwise and not a comparison: the meta shortcut applies
+
+    @classmethod
+    def of(cls, func: Any) -> _Op:
+        name = func.overloadpacket.__name__
+        rule = _RULES.get(name) or _RULES.get(name.rstrip("_"))
+        if rule is None and any(k in name for k in _ATTENTION):
+            rule = _rule_attention
+        pointwise = torch.Tag.pointwise in func.tags
+        return cls(
+            name=name,
+            rule=rule,
+            decompose=name not in _RULES and func.has_kernel_for_dispatch_key(_COMPOSITE),
+            elementwise=pointwise or name.rstrip("_") in _ELEMENTWISE,
+            pointwise_float=pointwise and name not in _BOOLEAN,
+        )
 
 
 class _States:
-    """Tensor -> State, holding tensors weakly (a real-tensor fallback run frees activations)."""
+    """Tensor -> State. Meta tensors hold no memory, so the meta run keeps every tensor it gives
+    a state alive (their ids stay unique: a plain dict by id is enough); the real-tensor
+    fallback run holds them weakly, so that activations are freed."""
 
-    def __init__(self) -> None:
-        self._map = WeakIdKeyDictionary()
+    def __init__(self, meta: bool) -> None:
+        self._ids: dict[int, tuple[torch.Tensor, State]] | None = {} if meta else None
+        self._weak = WeakIdKeyDictionary()
 
     def get(self, t: torch.Tensor) -> State | None:
-        st: State | None = self._map.get(t)  # type: ignore[no-untyped-call]
+        if self._ids is not None:
+            entry = self._ids.get(id(t))
+            return entry[1] if entry is not None else None
+        st: State | None = self._weak.get(t)  # type: ignore[no-untyped-call]
         return st
 
     def __setitem__(self, t: torch.Tensor, st: State) -> None:
-        self._map[t] = st
+        if self._ids is not None:
+            self._ids[id(t)] = (t, st)
+        else:
+            self._weak[t] = st
 
     def pop(self, t: torch.Tensor) -> None:
-        self._map.pop(t, None)  # type: ignore[no-untyped-call]
+        if self._ids is not None:
+            self._ids.pop(id(t), None)
+        else:
+            self._weak.pop(t, None)  # type: ignore[no-untyped-call]
 
 
 class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def __init__(self, meta: bool) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.meta = meta
-        self.states = _States()
+        self.states = _States(meta)
         self.stack: list[str] = []
         self.warnings: dict[str, None] = {}
+        self.ops: dict[Any, _Op] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        op = self.ops.get(func)
+        if op is None:
+            op = self.ops[func] = _Op.of(func)
         kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        if name not in _RULES and func.has_kernel_for_dispatch_key(_COMPOSITE):
+        if op.decompose:
             # Composite ops reach the mode undecomposed in inference mode or with inference
             # tensors: follow their decomposition instead of guessing.
             with self:
@@ -1270,7 +1355,7 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 return result
         tensors = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
         if self.meta and any(t.is_meta for t in tensors):
-            out = _meta_shortcut(func, args)
+            out = _meta_shortcut(op, args)
             if out is None:
                 args = tuple(_to_meta(a) for a in args)
                 kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
@@ -1279,7 +1364,7 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
             out = func(*args, **kwargs)
         states = [self.states.get(t) for t in tensors]
         self.record(
-            name, out, states, lambda: self._apply(func, name, args, kwargs, out, tensors, states)
+            op.name, out, states, lambda: self._apply(func, op, args, kwargs, out, tensors, states)
         )
         return out
 
@@ -1322,21 +1407,18 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def _apply(
         self,
         func: Any,
-        name: str,
+        op: _Op,
         args: Any,
         kwargs: Any,
         out: Any,
         tensors: list[torch.Tensor],
         states: list[State | None],
     ) -> Any:
-        rule = _RULES.get(name) or _RULES.get(name.rstrip("_"))
-        if rule is None and any(k in name for k in _ATTENTION):
-            rule = _rule_attention
         out0 = out[0] if isinstance(out, tuple | list) else out
-        if rule is not None:
-            return rule(_Call(func, _bind(func, args, kwargs), out, self))
+        if op.rule is not None:
+            return op.rule(_Call(func, _bind(func, args, kwargs), out, self))
         live = [(s, tuple(t.shape)) for s, t in zip(states, tensors, strict=True) if s is not None]
-        if torch.Tag.pointwise in func.tags or name.rstrip("_") in _ELEMENTWISE:
+        if op.elementwise:
             try:
                 return _broadcast(live, tuple(out0.shape))
             except _OpError:
@@ -1460,7 +1542,7 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
                 return original(x)
             if getattr(module, "inplace", False) or kind in (nn.Identity, nn.Dropout, nn.Dropout2d):
                 return x
-            out = torch.empty_like(x)
+            out = _meta_like(x)
             st = tracer.states.get(x)
             if st is not None:
                 tracer.states[out] = st
@@ -1474,7 +1556,7 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
             if not x.is_meta or st is None or x.dim() < 2:
                 return original(x)
             width = int(vars(module)["out_features"])
-            out = torch.empty((*x.shape[:-1], width), device="meta", dtype=x.dtype)
+            out = _meta_empty((*x.shape[:-1], width), x.dtype)
             args = {"self": x, "mat2": module.weight}
             tracer.record("mm", out, [st], lambda: _LINEAR_RULE(_Call(_MM, args, out, tracer)))
             return out
@@ -1502,7 +1584,7 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
         size = [_window_count(int(x.shape[2 + i]), k[i], s[i], p[i], d[i], ceil) for i in (0, 1)]
         if min(size) < 1:
             return original(x)  # the real op raises the size error
-        out = torch.empty((x.shape[0], channels or x.shape[1], *size), device="meta", dtype=x.dtype)
+        out = _meta_empty((x.shape[0], channels or x.shape[1], *size), x.dtype)
         if func is _CONVOLUTION:
             args = {
                 "input": x,
