@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -1259,8 +1260,8 @@ def _meta_shortcut(op: _Op, args: tuple[Any, ...]) -> Any:
         return (_meta_like(x), stats, _meta_empty((0,), x.dtype))
     if name == "native_layer_norm":
         n = len(args[1])
-        shape = (*x.shape[: x.dim() - n], *([1] * n))
-        return (_meta_like(x), _meta_empty(shape, x.dtype), _meta_empty(shape, x.dtype))
+        rows = (*x.shape[: x.dim() - n], *([1] * n))
+        return (_meta_like(x), _meta_empty(rows, x.dtype), _meta_empty(rows, x.dtype))
     if not op.pointwise_float or not x.dtype.is_floating_point:
         return None
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -1268,13 +1269,13 @@ def _meta_shortcut(op: _Op, args: tuple[Any, ...]) -> Any:
         return None  # type promotion: leave it to PyTorch
     if name.endswith("_"):
         return x
-    shape = _broadcast_shape([t.shape for t in tensors])
-    if shape is None:
+    out = _broadcast_shape([t.shape for t in tensors])
+    if out is None:
         return None  # PyTorch raises the error
-    like = next((t for t in tensors if t.shape == shape and t.is_meta), None)
+    like = next((t for t in tensors if t.shape == out and t.is_meta), None)
     if like is not None:
         return _meta_like(like)
-    return _meta_empty(shape, x.dtype)
+    return _meta_empty(out, x.dtype)
 
 
 @dataclass(frozen=True)
@@ -1454,20 +1455,29 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
 
 
 @contextmanager
-def _hooks(model: nn.Module, tracer: _Tracer, records: list[ModuleRecord]) -> Iterator[None]:
-    handles = []
+def _hooks(
+    modules: Sequence[tuple[str, nn.Module]], tracer: _Tracer, records: list[ModuleRecord]
+) -> Iterator[None]:
+    """Record each named module the first time it runs, keeping ``tracer.stack`` current.
+
+    One global pair of module hooks serves every module (registering a pair per module costs
+    more than the rest of a trace of a small model). Global hooks run before a module's own
+    forward hooks, so a module that has forward hooks of its own (which may replace its output)
+    gets a hook of its own, registered after them, as a plain ``register_forward_hook`` would.
+    """
+    names = {id(m): name for name, m in modules if name}
     seen: dict[int, ModuleRecord] = {}
 
-    def pre(name: str, module: nn.Module) -> Callable[..., None]:
-        def hook(mod: nn.Module, args: Any) -> None:
-            tracer.stack.append(name)
-            if id(mod) not in seen:
-                is_leaf = next(mod.children(), None) is None
-                rec = ModuleRecord(name, mod, len(records), is_leaf)
-                seen[id(mod)] = rec
-                records.append(rec)
-
-        return hook
+    def pre(mod: nn.Module, args: Any) -> None:
+        name = names.get(id(mod))
+        if name is None:
+            return
+        tracer.stack.append(name)
+        if id(mod) not in seen:
+            is_leaf = next(mod.children(), None) is None
+            rec = ModuleRecord(name, mod, len(records), is_leaf)
+            seen[id(mod)] = rec
+            records.append(rec)
 
     def post(mod: nn.Module, args: Any, output: Any) -> None:
         if tracer.stack:
@@ -1481,11 +1491,18 @@ def _hooks(model: nn.Module, tracer: _Tracer, records: list[ModuleRecord]) -> It
                 rec.output = t
                 rec.state = tracer.states.get(t)
 
+    own = {id(m) for name, m in modules if name and m._forward_hooks}
+
+    def post_global(mod: nn.Module, args: Any, output: Any) -> None:
+        if id(mod) in names and id(mod) not in own:
+            post(mod, args, output)
+
+    handles = [
+        register_module_forward_pre_hook(pre),
+        register_module_forward_hook(post_global),
+    ]
     try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_pre_hook(pre(name, module)))
-                handles.append(module.register_forward_hook(post))
+        handles.extend(m.register_forward_hook(post) for name, m in modules if id(m) in own)
         yield
     finally:
         for h in handles:
@@ -1607,32 +1624,39 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
 
 
 @contextmanager
-def _shortcuts(model: nn.Module, tracer: _Tracer) -> Iterator[None]:
+def _shortcuts(modules: Sequence[tuple[str, nn.Module]], tracer: _Tracer) -> Iterator[None]:
     """Install :func:`_fast_forward` on every module that has one, for the meta run only."""
     patched = []
     try:
-        for module in model.modules():
-            if tracer.meta and "forward" not in module.__dict__:
+        for _, module in modules if tracer.meta else ():
+            if "forward" not in module.__dict__:
                 fast = _fast_forward(module, tracer)
                 if fast is not None:
-                    module.forward = fast
+                    # Straight into the instance dict: what ``module.forward = fast`` does,
+                    # without ``nn.Module.__setattr__``'s checks.
+                    module.__dict__["forward"] = fast
                     patched.append(module)
         yield
     finally:
         for module in patched:
-            del module.forward
+            del module.__dict__["forward"]
 
 
 @contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode, restoring each one's own ``training`` flag after."""
-    modes = {m: m.training for m in model.modules()}
+def evaluating(model: nn.Module, *, modules: Sequence[nn.Module] | None = None) -> Iterator[None]:
+    """Put every submodule in eval mode, restoring each one's own ``training`` flag after.
+
+    ``modules``: ``model.modules()``, when the caller has them already.
+    """
+    modes = [(m, m.training) for m in (model.modules() if modules is None else modules)]
     try:
-        model.eval()
+        if any(mode for _, mode in modes):  # ``eval()`` costs, even on a model in eval mode
+            model.eval()
         yield
     finally:
-        for m, mode in modes.items():
-            m.training = mode
+        for m, mode in modes:
+            if m.training != mode:
+                m.training = mode
 
 
 def _input_state(shape: Sequence[int]) -> State:
@@ -1669,17 +1693,18 @@ def trace(model: nn.Module, input_size: tuple[int, int], in_channels: int) -> Tr
 
 def _run(model: nn.Module, shape: tuple[int, ...], meta: bool) -> Trace:
     records: list[ModuleRecord] = []
+    modules = list(model.named_modules())
     tracer = _Tracer(meta)
     x = torch.empty(shape, device="meta") if meta else torch.zeros(shape)
     tracer.states[x] = _input_state(shape)
     try:
         # Outside inference mode: there, composite ops (aten.conv2d) are not decomposed.
         with (
-            evaluating(model),
+            evaluating(model, modules=[m for _, m in modules]),
             torch.inference_mode(False),
             torch.no_grad(),
-            _hooks(model, tracer, records),
-            _shortcuts(model, tracer),
+            _hooks(modules, tracer, records),
+            _shortcuts(modules, tracer),
             tracer,
         ):
             model(x)
