@@ -23,12 +23,15 @@ Conventions beyond ``DESIGN.md``:
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -1518,25 +1521,66 @@ def _window_count(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
     return out
 
 
-_SAME_SHAPE = (
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.SiLU,
-    nn.GELU,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.Mish,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.LayerNorm,
-    nn.GroupNorm,
-)
+# What standard modules do in eval mode, for :func:`_fast_forward`: return their input
+# (``"keep"``), return a new tensor with the input's geometry (``"same"``: elementwise, or per
+# channel), or that followed by their children ``drop`` and ``act`` (``"norm_act"``).
+_SAME_SHAPE: dict[type[nn.Module], str] = {
+    nn.BatchNorm2d: "same",
+    nn.ReLU: "same",
+    nn.ReLU6: "same",
+    nn.SiLU: "same",
+    nn.GELU: "same",
+    nn.Hardswish: "same",
+    nn.Hardsigmoid: "same",
+    nn.Sigmoid: "same",
+    nn.Tanh: "same",
+    nn.LeakyReLU: "same",
+    nn.ELU: "same",
+    nn.Mish: "same",
+    nn.Identity: "keep",
+    nn.Dropout: "keep",
+    nn.Dropout2d: "keep",
+    nn.LayerNorm: "same",
+    nn.GroupNorm: "same",
+}
+# The same for classes of ``timm.layers`` (whose forwards were read for this: layer and group
+# norms, whose rule keeps the geometry whatever dims they normalise; activations; drop path).
+_TIMM_SAME_SHAPE = {
+    "LayerNorm": "same",
+    "LayerNorm2d": "same",
+    "GroupNorm": "same",
+    "GroupNorm1": "same",
+    "GELU": "same",
+    "GELUTanh": "same",
+    "QuickGELU": "same",
+    "Swish": "same",
+    "Mish": "same",
+    "Sigmoid": "same",
+    "Tanh": "same",
+    "HardSwish": "same",
+    "HardSigmoid": "same",
+    "HardMish": "same",
+    "PReLU": "same",
+    "DropPath": "keep",
+    "BatchNormAct2d": "norm_act",
+    "GroupNormAct": "norm_act",
+    "GroupNorm1Act": "norm_act",
+    "LayerNormAct": "norm_act",
+    "LayerNormAct2d": "norm_act",
+}
+
+
+@functools.cache
+def _same_shape(timm_layers: ModuleType | None) -> dict[type[nn.Module], str]:
+    """:data:`_SAME_SHAPE`, with the classes of ``timm.layers`` once timm is imported."""
+    kinds = dict(_SAME_SHAPE)
+    for name, how in _TIMM_SAME_SHAPE.items() if timm_layers is not None else ():
+        cls = getattr(timm_layers, name, None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            kinds[cls] = how
+    return kinds
+
+
 _CONVOLUTION = torch.ops.aten.convolution.default
 _LINEAR_RULE = _matmul_rule(("self", "mat2"), False)
 _MM = torch.ops.aten.mm.default
@@ -1552,17 +1596,22 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
     """
     kind = type(module)
     original: Callable[..., Any] = module.forward
-    if kind in _SAME_SHAPE:  # eval mode: elementwise, or per channel
+    how = _same_shape(sys.modules.get("timm.layers")).get(kind)
+    if how is not None:
+        children = dict(module.named_children())
+        then = [children["drop"], children["act"]] if how == "norm_act" else []
 
-        def same(x: torch.Tensor) -> Any:
-            if not x.is_meta:
-                return original(x)
-            if getattr(module, "inplace", False) or kind in (nn.Identity, nn.Dropout, nn.Dropout2d):
+        def same(x: torch.Tensor, *rest: Any, **options: Any) -> Any:
+            if rest or options or not isinstance(x, torch.Tensor) or not x.is_meta:
+                return original(x, *rest, **options)
+            if how == "keep" or getattr(module, "inplace", False):
                 return x
             out = _meta_like(x)
             st = tracer.states.get(x)
             if st is not None:
                 tracer.states[out] = st
+            for child in then:
+                out = child(out)
             return out
 
         return same
