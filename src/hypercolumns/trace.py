@@ -1598,8 +1598,9 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
     original: Callable[..., Any] = module.forward
     how = _same_shape(sys.modules.get("timm.layers")).get(kind)
     if how is not None:
-        children = dict(module.named_children())
-        then = [children["drop"], children["act"]] if how == "norm_act" else []
+        then = (
+            [module.get_submodule("drop"), module.get_submodule("act")] if how == "norm_act" else []
+        )
 
         def same(x: torch.Tensor, *rest: Any, **options: Any) -> Any:
             if rest or options or not isinstance(x, torch.Tensor) or not x.is_meta:
@@ -1628,7 +1629,9 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
             return out
 
         return linear
-    settings: dict[str, Any] = dict(vars(module))
+    if kind not in (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d):
+        return None
+    settings: dict[str, Any] = vars(module)
     if kind is nn.Conv2d and settings["padding_mode"] == "zeros":
         func, ceil, channels = _CONVOLUTION, False, int(settings["out_channels"])
     elif kind in (nn.MaxPool2d, nn.AvgPool2d) and not settings.get("return_indices"):
