@@ -220,7 +220,7 @@ def layers(
                 index=leaf if rec.is_leaf else None,
                 name=rec.name,
                 type=type(rec.module).__name__,
-                shape=tuple(int(s) for s in rec.output.shape[1:]),
+                shape=tuple(rec.output.shape[1:]),
                 rf=rf,
                 layout=layout,
             )

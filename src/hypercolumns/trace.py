@@ -1367,9 +1367,13 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
         else:
             out = func(*args, **kwargs)
         states = [self.states.get(t) for t in tensors]
-        self.record(
-            op.name, out, states, lambda: self._apply(func, op, args, kwargs, out, tensors, states)
-        )
+        if any(s is not None for s in states):  # else: weights, constants
+            self.record(
+                op.name,
+                out,
+                states,
+                lambda: self._apply(func, op, args, kwargs, out, tensors, states),
+            )
         return out
 
     def record(
