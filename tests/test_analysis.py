@@ -582,3 +582,24 @@ def test_pooling_over_flattened_tokens_within_rows() -> None:
 
     r = rf(nn.Sequential(conv(3, p=1), SequenceReduction()), "1", (8, 16))
     assert geometry(r) == ((3, 6), (1.0, 4.0), (0.0, 1.5))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: x,
+        lambda x: x.permute(0, 2, 3, 1),  # channels last: dense, not contiguous
+        lambda x: x[:, :, ::2],  # gaps: not dense
+        lambda x: x[:, :1].expand(2, 3, 4, 5),  # overlap: not dense
+        lambda x: x[:, :, :1].transpose(1, 2),  # a size-1 dim with any stride
+    ],
+)
+def test_meta_like_is_empty_like(make: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    x = make(torch.empty(2, 3, 4, 5, device="meta"))
+    y, ref = trace._meta_like(x), torch.empty_like(x)
+    assert (y.shape, y.stride(), y.dtype, y.device) == (
+        ref.shape,
+        ref.stride(),
+        ref.dtype,
+        ref.device,
+    )

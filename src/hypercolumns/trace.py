@@ -1219,11 +1219,10 @@ def _meta_like(x: torch.Tensor) -> torch.Tensor:
     """``torch.empty_like(x)`` on the meta device, at a fraction of its cost (PyTorch's meta
     ``empty_like`` is a Python decomposition): the strides of a dense ``x`` are kept, as
     ``empty_like`` keeps them."""
-    if not x.is_contiguous() and not _dense(x.shape, x.stride()):
-        with torch._C._DisableTorchDispatch():
-            return torch.empty_like(x, device="meta")
     with torch._C._DisableTorchDispatch():
-        return torch.empty_strided(x.shape, x.stride(), device="meta", dtype=x.dtype)
+        if x.is_contiguous() or _dense(x.shape, x.stride()):
+            return torch.empty_strided(x.shape, x.stride(), device="meta", dtype=x.dtype)
+        return torch.empty_like(x)
 
 
 def _dense(shape: Sequence[int], stride: Sequence[int]) -> bool:
@@ -1593,7 +1592,8 @@ _AVG_POOL = torch.ops.aten.avg_pool2d.default
 
 
 def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor], Any] | None:
-    """A ``forward`` for standard modules (exact types) that skips op dispatch on meta tensors.
+    """A ``forward`` for standard modules (exact types of ``torch.nn`` and ``timm.layers``) that
+    skips op dispatch on meta tensors.
 
     Only the output shape is computed here; the geometry comes from the op's own rule, so the
     result is the one dispatch would give, at a fraction of the cost (tested against it).
