@@ -438,12 +438,80 @@ def test_fast_module_forwards_agree_with_dispatch(
     assert [layer.to_dict() for layer in hc.layers(model, size)] == fast
 
 
-def test_fast_linear_and_norms_agree_with_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = timm.create_model("convnext_atto")  # NHWC linear layers, layer norms
-    fast = [layer.to_dict() for layer in hc.layers(model, 96)]
+def timm_same_shape_modules() -> nn.Sequential:
+    """Every timm module class that has a fast forward, around convolutions that move."""
+    from timm import layers as tl
+
+    nhwc = Lambda(lambda x: x.permute(0, 2, 3, 1))
+    nchw = Lambda(lambda x: x.permute(0, 3, 1, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2),
+        tl.BatchNormAct2d(8, act_layer=nn.SiLU, drop_layer=nn.Dropout),
+        tl.GroupNormAct(8, 2, act_layer=tl.HardSwish),
+        tl.GroupNorm1Act(8, inplace=False),
+        tl.LayerNormAct2d(8, act_layer=tl.GELU),
+        tl.LayerNorm2d(8),
+        tl.GroupNorm(8, 4),
+        tl.GroupNorm1(8),
+        nn.Conv2d(8, 8, 3, dilation=2),
+        tl.GELU(),
+        tl.GELUTanh(),
+        tl.QuickGELU(),
+        tl.Swish(),
+        tl.Swish(inplace=True),
+        tl.Mish(),
+        tl.Sigmoid(),
+        tl.Tanh(inplace=True),
+        tl.HardSwish(inplace=True),
+        tl.HardSigmoid(),
+        tl.HardMish(),
+        tl.PReLU(8),
+        tl.DropPath(0.1),
+        nhwc,
+        tl.LayerNorm(8),
+        tl.LayerNormAct(8, act_layer=nn.ReLU6),
+        nchw,
+        nn.Conv2d(8, 4, 3, 2, 1),
+    )
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        timm_same_shape_modules,
+        # NHWC linear layers, timm LayerNorm and LayerNorm2d, GELU, DropPath
+        lambda: timm.create_model("convnext_atto", drop_path_rate=0.1),
+        # BatchNormAct2d (whose drop and act still run as modules), SiLU, DropPath
+        lambda: timm.create_model("efficientnet_b0", drop_path_rate=0.1),
+    ],
+)
+def test_fast_linear_and_norms_agree_with_dispatch(
+    build: Callable[[], nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build()
+    fast = [(layer.to_dict(), layer.rf) for layer in hc.layers(model, 67)]
     monkeypatch.setattr(trace, "_fast_forward", lambda module, tracer: None)
-    assert [layer.to_dict() for layer in hc.layers(model, 96)] == fast
+    assert [(layer.to_dict(), layer.rf) for layer in hc.layers(model, 67)] == fast
+
+
+def test_every_timm_module_with_a_fast_forward_is_tested() -> None:
+    from timm import layers as tl
+
+    kinds = {type(m) for m in timm_same_shape_modules().modules()}
+    assert {getattr(tl, name) for name in trace._TIMM_SAME_SHAPE} <= kinds
+
+
+def test_fast_linear_on_tokens() -> None:
     assert hc.layers(TinyViT(), 32)[-1].is_global
+
+
+def test_a_forward_hook_that_replaces_an_output_is_followed() -> None:
+    model = nn.Sequential(conv(3), nn.ReLU())
+    model[0].register_forward_hook(lambda module, args, out: out[..., ::2, ::2])
+    found = hc.layers(model, 16)
+    assert [layer.shape for layer in found] == [(3, 7, 7), (3, 7, 7)]
+    assert geometry(rf(model, "0", 16)) == ((3, 3), (2.0, 2.0), (1.0, 1.0))
+    assert len(model[0]._forward_hooks) == 1  # the model's own hook stays, ours are gone
 
 
 # --- windows: reshapes that cut spatial axes into blocks ------------------------------------
@@ -583,3 +651,24 @@ def test_index_reorders_channels_but_not_positions() -> None:
     with pytest.warns(GeometryWarning, match=r"aten\.index"):
         found = hc.layers(nn.Sequential(conv(3, p=1), Lambda(lambda x: x[:, :, order])), 16)
     assert found[-1].rf is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: x,
+        lambda x: x.permute(0, 2, 3, 1),  # channels last: dense, not contiguous
+        lambda x: x[:, :, ::2],  # gaps: not dense
+        lambda x: x[:, :1].expand(2, 3, 4, 5),  # overlap: not dense
+        lambda x: x[:, :, :1].transpose(1, 2),  # a size-1 dim with any stride
+    ],
+)
+def test_meta_like_is_empty_like(make: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    x = make(torch.empty(2, 3, 4, 5, device="meta"))
+    y, ref = trace._meta_like(x), torch.empty_like(x)
+    assert (y.shape, y.stride(), y.dtype, y.device) == (
+        ref.shape,
+        ref.stride(),
+        ref.dtype,
+        ref.device,
+    )

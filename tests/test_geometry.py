@@ -1,5 +1,6 @@
 """Receptive-field arithmetic on single layers, checked against numbers computed by hand."""
 
+from dataclasses import replace
 from fractions import Fraction as Q
 
 import pytest
@@ -111,6 +112,23 @@ def test_union_of_aligned_paths_is_exact() -> None:
     a = g.union([g.conv(IDENTITY, 3, 1, 1), g.conv(IDENTITY, 5, 1, 2)], units=8)
     assert summary(a) == (5, 1, 0, True)
     assert a.aligned
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        [g.conv(IDENTITY, 3, 1, 1), g.conv(IDENTITY, 7, 1, 3), g.conv(IDENTITY, 5, 1, 2)],
+        [g.conv(g.conv(IDENTITY, 2, 2), 3, 1, 1), g.conv(IDENTITY, 2, 2)],  # stride 2, centre 1/2
+        [replace(g.conv(IDENTITY, 3, 1, 1), aligned=False), IDENTITY],  # misaligned upstream
+        [g.transposed_conv(IDENTITY, 3, 2, 1), g.transposed_conv(IDENTITY, 3, 2, 1)],  # period 2
+    ],
+)
+def test_union_of_aligned_paths_is_the_union_of_each_units_extents(paths: list[g.Axis]) -> None:
+    u = g.union(paths, units=6)
+    for j in range(6):
+        assert u.edges(j) == (min(a.edges(j)[0] for a in paths), max(a.edges(j)[1] for a in paths))
+    assert (u.stride, u.center) == (paths[0].stride, paths[0].center)
+    assert u.aligned == all(a.aligned for a in paths)
 
 
 def test_union_of_misaligned_paths_covers_both_and_is_flagged() -> None:

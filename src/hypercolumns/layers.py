@@ -142,25 +142,44 @@ def _layout(state: State) -> MapLayout | None:
     return None
 
 
-def _receptive_field(
-    state: State | None, size: tuple[int, int]
-) -> tuple[ReceptiveField | None, MapLayout | None]:
-    if state is None or state.unknown:
-        return None, None
-    layout = None if state.is_global else _layout(state)
-    if layout is None:
-        axes = None if state.is_global or state.mixed else joined_axes(state)
-        if axes is not None:  # windows laid out as batch and tokens: a map, not as one
-            return ReceptiveField.from_axes(*axes), None
-        return ReceptiveField.whole(*size), None
-    dy, dx = state.dims[layout.y], state.dims[layout.x]
-    if layout.y == layout.x:
-        fy, fx = dy.factors
-    else:
-        fy, fx = dy.factors[0], dx.factors[0]
-    assert fy.geom is not None
-    assert fx.geom is not None
-    return ReceptiveField.from_axes(fy.geom, fx.geom, whole=size if state.mixed else None), layout
+class _Fields:
+    """Receptive fields of the states of one analysis, each computed once: many layers share
+    their state (a container and its last child, elementwise layers) or their axes' geometry."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+        # By id: the states and geometries are those of the trace, alive as long as this is.
+        self._by_state: dict[int, tuple[ReceptiveField | None, MapLayout | None]] = {}
+        self._by_axes: dict[tuple[int, int, bool], ReceptiveField] = {}
+
+    def __call__(self, state: State | None) -> tuple[ReceptiveField | None, MapLayout | None]:
+        found = self._by_state.get(id(state))
+        if found is None:
+            found = self._by_state[id(state)] = self._compute(state)
+        return found
+
+    def _compute(self, state: State | None) -> tuple[ReceptiveField | None, MapLayout | None]:
+        if state is None or state.unknown:
+            return None, None
+        layout = None if state.is_global else _layout(state)
+        if layout is None:
+            axes = None if state.is_global or state.mixed else joined_axes(state)
+            if axes is not None:  # windows laid out as batch and tokens: a map, not as one
+                return ReceptiveField.from_axes(*axes), None
+            return ReceptiveField.whole(*self.size), None
+        dy, dx = state.dims[layout.y], state.dims[layout.x]
+        if layout.y == layout.x:
+            fy, fx = dy.factors
+        else:
+            fy, fx = dy.factors[0], dx.factors[0]
+        assert fy.geom is not None
+        assert fx.geom is not None
+        key = (id(fy.geom), id(fx.geom), state.mixed)
+        rf = self._by_axes.get(key)
+        if rf is None:
+            whole = self.size if state.mixed else None
+            rf = self._by_axes[key] = ReceptiveField.from_axes(fy.geom, fx.geom, whole=whole)
+        return rf, layout
 
 
 def layers(
@@ -189,18 +208,19 @@ def layers(
     size = parse_size(input_size)
     channels = first_conv_channels(model) if in_channels is None else int(in_channels)
     result = trace(model, size, channels)
+    fields = _Fields(size)
     out: list[Layer] = []
     leaf = 0
     for rec in result.records:
         if rec.output is None:
             continue
-        rf, layout = _receptive_field(rec.state, size)
+        rf, layout = fields(rec.state)
         out.append(
             Layer(
                 index=leaf if rec.is_leaf else None,
                 name=rec.name,
                 type=type(rec.module).__name__,
-                shape=tuple(int(s) for s in rec.output.shape[1:]),
+                shape=tuple(rec.output.shape[1:]),
                 rf=rf,
                 layout=layout,
             )

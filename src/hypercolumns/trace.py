@@ -23,16 +23,20 @@ Conventions beyond ``DESIGN.md``:
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -1361,63 +1365,147 @@ _BATCH_NORMS = {
 }
 
 
-def _meta_shortcut(func: Any, args: tuple[Any, ...]) -> Any:
+def _meta_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous meta tensor, made without entering the tracer (when it is active)."""
+    with torch._C._DisableTorchDispatch():
+        return torch.empty(shape, device="meta", dtype=dtype)
+
+
+def _meta_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like(x)`` on the meta device, at a fraction of its cost (PyTorch's meta
+    ``empty_like`` is a Python decomposition): the strides of a dense ``x`` are kept, as
+    ``empty_like`` keeps them."""
+    with torch._C._DisableTorchDispatch():
+        if x.is_contiguous() or _dense(x.shape, x.stride()):
+            return torch.empty_strided(x.shape, x.stride(), device="meta", dtype=x.dtype)
+        return torch.empty_like(x)
+
+
+def _dense(shape: Sequence[int], stride: Sequence[int]) -> bool:
+    """Some permutation of the dims is contiguous (no gaps, no overlap)."""
+    expected = 1
+    for step, size in sorted((st, n) for n, st in zip(shape, stride, strict=True) if n != 1):
+        if step != expected:
+            return False
+        expected *= size
+    return expected > 0
+
+
+def _broadcast_shape(shapes: Sequence[torch.Size]) -> tuple[int, ...] | None:
+    """The shape ``shapes`` broadcast to, or ``None`` when they do not broadcast."""
+    first = shapes[0]
+    if all(s == first for s in shapes):
+        return tuple(first)
+    out = [1] * max(len(s) for s in shapes)
+    for s in shapes:
+        for i, n in enumerate(s, len(out) - len(s)):
+            if n != 1:
+                if out[i] not in (1, n):
+                    return None
+                out[i] = n
+    return tuple(out)
+
+
+def _meta_shortcut(op: _Op, args: tuple[Any, ...]) -> Any:
     """Outputs of shape-preserving ops built directly: PyTorch's meta kernels for batch norm and
     in-place activations are Python decompositions that cost more than the rest of a trace."""
     x = args[0] if args else None
     if not isinstance(x, torch.Tensor) or not x.is_meta:
         return None
-    name = func.overloadpacket.__name__
+    name = op.name
     if name in _BATCH_NORMS:
-        stats = torch.empty(0, device="meta", dtype=x.dtype)
-        return (torch.empty_like(x), stats, stats.clone())
+        stats = _meta_empty((0,), x.dtype)
+        return (_meta_like(x), stats, _meta_empty((0,), x.dtype))
     if name == "native_layer_norm":
         n = len(args[1])
-        stats = torch.empty((*x.shape[: x.dim() - n], *([1] * n)), device="meta", dtype=x.dtype)
-        return (torch.empty_like(x), stats, stats.clone())
-    if torch.Tag.pointwise not in func.tags or name in _BOOLEAN or not x.dtype.is_floating_point:
+        rows = (*x.shape[: x.dim() - n], *([1] * n))
+        return (_meta_like(x), _meta_empty(rows, x.dtype), _meta_empty(rows, x.dtype))
+    if not op.pointwise_float or not x.dtype.is_floating_point:
         return None
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if any(t.dtype != x.dtype for t in tensors):
         return None  # type promotion: leave it to PyTorch
     if name.endswith("_"):
         return x
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors))  # type: ignore[no-untyped-call]
-    like = next((t for t in tensors if t.shape == shape and t.is_meta), None)
+    out = _broadcast_shape([t.shape for t in tensors])
+    if out is None:
+        return None  # PyTorch raises the error
+    like = next((t for t in tensors if t.shape == out and t.is_meta), None)
     if like is not None:
-        return torch.empty_like(like)
-    return torch.empty(shape, device="meta", dtype=x.dtype)
+        return _meta_like(like)
+    return _meta_empty(out, x.dtype)
+
+
+@dataclass(frozen=True)
+class _Op:
+    """What the tracer needs to know of one ATen op overload, looked up once per trace."""
+
+    name: str
+    rule: _Rule | None  # the op's geometry rule, if it has one
+    decompose: bool  # composite, without a rule of its own: follow its decomposition
+    elementwise: bool  # tagged pointwise, or known to be elementwise
+    pointwise_float: bool  # tagged pointwise and not a comparison: the meta shortcut applies
+
+    @classmethod
+    def of(cls, func: Any) -> _Op:
+        name = func.overloadpacket.__name__
+        rule = _RULES.get(name) or _RULES.get(name.rstrip("_"))
+        if rule is None and any(k in name for k in _ATTENTION):
+            rule = _rule_attention
+        pointwise = torch.Tag.pointwise in func.tags
+        return cls(
+            name=name,
+            rule=rule,
+            decompose=name not in _RULES and func.has_kernel_for_dispatch_key(_COMPOSITE),
+            elementwise=pointwise or name.rstrip("_") in _ELEMENTWISE,
+            pointwise_float=pointwise and name not in _BOOLEAN,
+        )
 
 
 class _States:
-    """Tensor -> State, holding tensors weakly (a real-tensor fallback run frees activations)."""
+    """Tensor -> State. Meta tensors hold no memory, so the meta run keeps every tensor it gives
+    a state alive (their ids stay unique: a plain dict by id is enough); the real-tensor
+    fallback run holds them weakly, so that activations are freed."""
 
-    def __init__(self) -> None:
-        self._map = WeakIdKeyDictionary()
+    def __init__(self, meta: bool) -> None:
+        self._ids: dict[int, tuple[torch.Tensor, State]] | None = {} if meta else None
+        self._weak = WeakIdKeyDictionary()
 
     def get(self, t: torch.Tensor) -> State | None:
-        st: State | None = self._map.get(t)  # type: ignore[no-untyped-call]
+        if self._ids is not None:
+            entry = self._ids.get(id(t))
+            return entry[1] if entry is not None else None
+        st: State | None = self._weak.get(t)  # type: ignore[no-untyped-call]
         return st
 
     def __setitem__(self, t: torch.Tensor, st: State) -> None:
-        self._map[t] = st
+        if self._ids is not None:
+            self._ids[id(t)] = (t, st)
+        else:
+            self._weak[t] = st
 
     def pop(self, t: torch.Tensor) -> None:
-        self._map.pop(t, None)  # type: ignore[no-untyped-call]
+        if self._ids is not None:
+            self._ids.pop(id(t), None)
+        else:
+            self._weak.pop(t, None)  # type: ignore[no-untyped-call]
 
 
 class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def __init__(self, meta: bool) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.meta = meta
-        self.states = _States()
+        self.states = _States(meta)
         self.stack: list[str] = []
         self.warnings: dict[str, None] = {}
+        self.ops: dict[Any, _Op] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        op = self.ops.get(func)
+        if op is None:
+            op = self.ops[func] = _Op.of(func)
         kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        if name not in _RULES and func.has_kernel_for_dispatch_key(_COMPOSITE):
+        if op.decompose:
             # Composite ops reach the mode undecomposed in inference mode or with inference
             # tensors: follow their decomposition instead of guessing.
             with self:
@@ -1426,7 +1514,7 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 return result
         tensors = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
         if self.meta and any(t.is_meta for t in tensors):
-            out = _meta_shortcut(func, args)
+            out = _meta_shortcut(op, args)
             if out is None:
                 args = tuple(_to_meta(a) for a in args)
                 kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
@@ -1434,9 +1522,13 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
         else:
             out = func(*args, **kwargs)
         states = [self.states.get(t) for t in tensors]
-        self.record(
-            name, out, states, lambda: self._apply(func, name, args, kwargs, out, tensors, states)
-        )
+        if any(s is not None for s in states):  # else: weights, constants
+            self.record(
+                op.name,
+                out,
+                states,
+                lambda: self._apply(func, op, args, kwargs, out, tensors, states),
+            )
         return out
 
     def record(
@@ -1478,21 +1570,18 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def _apply(
         self,
         func: Any,
-        name: str,
+        op: _Op,
         args: Any,
         kwargs: Any,
         out: Any,
         tensors: list[torch.Tensor],
         states: list[State | None],
     ) -> Any:
-        rule = _RULES.get(name) or _RULES.get(name.rstrip("_"))
-        if rule is None and any(k in name for k in _ATTENTION):
-            rule = _rule_attention
         out0 = out[0] if isinstance(out, tuple | list) else out
-        if rule is not None:
-            return rule(_Call(func, _bind(func, args, kwargs), out, self))
+        if op.rule is not None:
+            return op.rule(_Call(func, _bind(func, args, kwargs), out, self))
         live = [(s, tuple(t.shape)) for s, t in zip(states, tensors, strict=True) if s is not None]
-        if torch.Tag.pointwise in func.tags or name.rstrip("_") in _ELEMENTWISE:
+        if op.elementwise:
             try:
                 return _broadcast(live, tuple(out0.shape))
             except _OpError:
@@ -1528,20 +1617,29 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
 
 
 @contextmanager
-def _hooks(model: nn.Module, tracer: _Tracer, records: list[ModuleRecord]) -> Iterator[None]:
-    handles = []
+def _hooks(
+    modules: Sequence[tuple[str, nn.Module]], tracer: _Tracer, records: list[ModuleRecord]
+) -> Iterator[None]:
+    """Record each named module the first time it runs, keeping ``tracer.stack`` current.
+
+    One global pair of module hooks serves every module (registering a pair per module costs
+    more than the rest of a trace of a small model). Global hooks run before a module's own
+    forward hooks, so a module that has forward hooks of its own (which may replace its output)
+    gets a hook of its own, registered after them, as a plain ``register_forward_hook`` would.
+    """
+    names = {id(m): name for name, m in modules if name}
     seen: dict[int, ModuleRecord] = {}
 
-    def pre(name: str, module: nn.Module) -> Callable[..., None]:
-        def hook(mod: nn.Module, args: Any) -> None:
-            tracer.stack.append(name)
-            if id(mod) not in seen:
-                is_leaf = next(mod.children(), None) is None
-                rec = ModuleRecord(name, mod, len(records), is_leaf)
-                seen[id(mod)] = rec
-                records.append(rec)
-
-        return hook
+    def pre(mod: nn.Module, args: Any) -> None:
+        name = names.get(id(mod))
+        if name is None:
+            return
+        tracer.stack.append(name)
+        if id(mod) not in seen:
+            is_leaf = next(mod.children(), None) is None
+            rec = ModuleRecord(name, mod, len(records), is_leaf)
+            seen[id(mod)] = rec
+            records.append(rec)
 
     def post(mod: nn.Module, args: Any, output: Any) -> None:
         if tracer.stack:
@@ -1555,11 +1653,18 @@ def _hooks(model: nn.Module, tracer: _Tracer, records: list[ModuleRecord]) -> It
                 rec.output = t
                 rec.state = tracer.states.get(t)
 
+    own = {id(m) for name, m in modules if name and m._forward_hooks}
+
+    def post_global(mod: nn.Module, args: Any, output: Any) -> None:
+        if id(mod) in names and id(mod) not in own:
+            post(mod, args, output)
+
+    handles = [
+        register_module_forward_pre_hook(pre),
+        register_module_forward_hook(post_global),
+    ]
     try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_pre_hook(pre(name, module)))
-                handles.append(module.register_forward_hook(post))
+        handles.extend(m.register_forward_hook(post) for name, m in modules if id(m) in own)
         yield
     finally:
         for h in handles:
@@ -1575,25 +1680,66 @@ def _window_count(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
     return out
 
 
-_SAME_SHAPE = (
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.SiLU,
-    nn.GELU,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.Mish,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.LayerNorm,
-    nn.GroupNorm,
-)
+# What standard modules do in eval mode, for :func:`_fast_forward`: return their input
+# (``"keep"``), return a new tensor with the input's geometry (``"same"``: elementwise, or per
+# channel), or that followed by their children ``drop`` and ``act`` (``"norm_act"``).
+_SAME_SHAPE: dict[type[nn.Module], str] = {
+    nn.BatchNorm2d: "same",
+    nn.ReLU: "same",
+    nn.ReLU6: "same",
+    nn.SiLU: "same",
+    nn.GELU: "same",
+    nn.Hardswish: "same",
+    nn.Hardsigmoid: "same",
+    nn.Sigmoid: "same",
+    nn.Tanh: "same",
+    nn.LeakyReLU: "same",
+    nn.ELU: "same",
+    nn.Mish: "same",
+    nn.Identity: "keep",
+    nn.Dropout: "keep",
+    nn.Dropout2d: "keep",
+    nn.LayerNorm: "same",
+    nn.GroupNorm: "same",
+}
+# The same for classes of ``timm.layers`` (whose forwards were read for this: layer and group
+# norms, whose rule keeps the geometry whatever dims they normalise; activations; drop path).
+_TIMM_SAME_SHAPE = {
+    "LayerNorm": "same",
+    "LayerNorm2d": "same",
+    "GroupNorm": "same",
+    "GroupNorm1": "same",
+    "GELU": "same",
+    "GELUTanh": "same",
+    "QuickGELU": "same",
+    "Swish": "same",
+    "Mish": "same",
+    "Sigmoid": "same",
+    "Tanh": "same",
+    "HardSwish": "same",
+    "HardSigmoid": "same",
+    "HardMish": "same",
+    "PReLU": "same",
+    "DropPath": "keep",
+    "BatchNormAct2d": "norm_act",
+    "GroupNormAct": "norm_act",
+    "GroupNorm1Act": "norm_act",
+    "LayerNormAct": "norm_act",
+    "LayerNormAct2d": "norm_act",
+}
+
+
+@functools.cache
+def _same_shape(timm_layers: ModuleType | None) -> dict[type[nn.Module], str]:
+    """:data:`_SAME_SHAPE`, with the classes of ``timm.layers`` once timm is imported."""
+    kinds = dict(_SAME_SHAPE)
+    for name, how in _TIMM_SAME_SHAPE.items() if timm_layers is not None else ():
+        cls = getattr(timm_layers, name, None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            kinds[cls] = how
+    return kinds
+
+
 _CONVOLUTION = torch.ops.aten.convolution.default
 _LINEAR_RULE = _matmul_rule(("self", "mat2"), False)
 _MM = torch.ops.aten.mm.default
@@ -1602,24 +1748,31 @@ _AVG_POOL = torch.ops.aten.avg_pool2d.default
 
 
 def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor], Any] | None:
-    """A ``forward`` for standard modules (exact types) that skips op dispatch on meta tensors.
+    """A ``forward`` for standard modules (exact types of ``torch.nn`` and ``timm.layers``) that
+    skips op dispatch on meta tensors.
 
     Only the output shape is computed here; the geometry comes from the op's own rule, so the
     result is the one dispatch would give, at a fraction of the cost (tested against it).
     """
     kind = type(module)
     original: Callable[..., Any] = module.forward
-    if kind in _SAME_SHAPE:  # eval mode: elementwise, or per channel
+    how = _same_shape(sys.modules.get("timm.layers")).get(kind)
+    if how is not None:
+        then = (
+            [module.get_submodule("drop"), module.get_submodule("act")] if how == "norm_act" else []
+        )
 
-        def same(x: torch.Tensor) -> Any:
-            if not x.is_meta:
-                return original(x)
-            if getattr(module, "inplace", False) or kind in (nn.Identity, nn.Dropout, nn.Dropout2d):
+        def same(x: torch.Tensor, *rest: Any, **options: Any) -> Any:
+            if rest or options or not isinstance(x, torch.Tensor) or not x.is_meta:
+                return original(x, *rest, **options)
+            if how == "keep" or getattr(module, "inplace", False):
                 return x
-            out = torch.empty_like(x)
+            out = _meta_like(x)
             st = tracer.states.get(x)
             if st is not None:
                 tracer.states[out] = st
+            for child in then:
+                out = child(out)
             return out
 
         return same
@@ -1630,13 +1783,15 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
             if not x.is_meta or st is None or x.dim() < 2:
                 return original(x)
             width = int(vars(module)["out_features"])
-            out = torch.empty((*x.shape[:-1], width), device="meta", dtype=x.dtype)
+            out = _meta_empty((*x.shape[:-1], width), x.dtype)
             args = {"self": x, "mat2": module.weight}
             tracer.record("mm", out, [st], lambda: _LINEAR_RULE(_Call(_MM, args, out, tracer)))
             return out
 
         return linear
-    settings: dict[str, Any] = dict(vars(module))
+    if kind not in (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d):
+        return None
+    settings: dict[str, Any] = vars(module)
     if kind is nn.Conv2d and settings["padding_mode"] == "zeros":
         func, ceil, channels = _CONVOLUTION, False, int(settings["out_channels"])
     elif kind in (nn.MaxPool2d, nn.AvgPool2d) and not settings.get("return_indices"):
@@ -1658,7 +1813,7 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
         size = [_window_count(int(x.shape[2 + i]), k[i], s[i], p[i], d[i], ceil) for i in (0, 1)]
         if min(size) < 1:
             return original(x)  # the real op raises the size error
-        out = torch.empty((x.shape[0], channels or x.shape[1], *size), device="meta", dtype=x.dtype)
+        out = _meta_empty((x.shape[0], channels or x.shape[1], *size), x.dtype)
         if func is _CONVOLUTION:
             args = {
                 "input": x,
@@ -1681,32 +1836,39 @@ def _fast_forward(module: nn.Module, tracer: _Tracer) -> Callable[[torch.Tensor]
 
 
 @contextmanager
-def _shortcuts(model: nn.Module, tracer: _Tracer) -> Iterator[None]:
+def _shortcuts(modules: Sequence[tuple[str, nn.Module]], tracer: _Tracer) -> Iterator[None]:
     """Install :func:`_fast_forward` on every module that has one, for the meta run only."""
     patched = []
     try:
-        for module in model.modules():
-            if tracer.meta and "forward" not in module.__dict__:
+        for _, module in modules if tracer.meta else ():
+            if "forward" not in module.__dict__:
                 fast = _fast_forward(module, tracer)
                 if fast is not None:
-                    module.forward = fast
+                    # Straight into the instance dict: what ``module.forward = fast`` does,
+                    # without ``nn.Module.__setattr__``'s checks.
+                    module.__dict__["forward"] = fast
                     patched.append(module)
         yield
     finally:
         for module in patched:
-            del module.forward
+            del module.__dict__["forward"]
 
 
 @contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode, restoring each one's own ``training`` flag after."""
-    modes = {m: m.training for m in model.modules()}
+def evaluating(model: nn.Module, *, modules: Sequence[nn.Module] | None = None) -> Iterator[None]:
+    """Put every submodule in eval mode, restoring each one's own ``training`` flag after.
+
+    ``modules``: ``model.modules()``, when the caller has them already.
+    """
+    modes = [(m, m.training) for m in (model.modules() if modules is None else modules)]
     try:
-        model.eval()
+        if any(mode for _, mode in modes):  # ``eval()`` costs, even on a model in eval mode
+            model.eval()
         yield
     finally:
-        for m, mode in modes.items():
-            m.training = mode
+        for m, mode in modes:
+            if m.training != mode:
+                m.training = mode
 
 
 def _input_state(shape: Sequence[int]) -> State:
@@ -1743,17 +1905,18 @@ def trace(model: nn.Module, input_size: tuple[int, int], in_channels: int) -> Tr
 
 def _run(model: nn.Module, shape: tuple[int, ...], meta: bool) -> Trace:
     records: list[ModuleRecord] = []
+    modules = list(model.named_modules())
     tracer = _Tracer(meta)
     x = torch.empty(shape, device="meta") if meta else torch.zeros(shape)
     tracer.states[x] = _input_state(shape)
     try:
         # Outside inference mode: there, composite ops (aten.conv2d) are not decomposed.
         with (
-            evaluating(model),
+            evaluating(model, modules=[m for _, m in modules]),
             torch.inference_mode(False),
             torch.no_grad(),
-            _hooks(model, tracer, records),
-            _shortcuts(model, tracer),
+            _hooks(modules, tracer, records),
+            _shortcuts(modules, tracer),
             tracer,
         ):
             model(x)
