@@ -419,7 +419,7 @@ def extract(
             "--batch-size",
             "-b",
             min=1,
-            help="Stores: images of one size computed together [default: 8].",
+            help="Stores: images of one size computed together [default: 1 on a CPU, else 8].",
             show_default=False,
         ),
     ] = None,
@@ -908,7 +908,7 @@ def _extract_store(
         workers = 2 if engine is Engine.local else 0
     with bar:
         summary = run(
-            inputs, out, settings, workers=workers, batch_size=batch_size or 8,
+            inputs, out, settings, workers=workers, batch_size=batch_size,
             device=device or "auto", overwrite=overwrite,
             max_memory=None if max_memory is None else _bytes(max_memory),
             band_rows=band_rows, progress=progress, engine=engine.value,
