@@ -27,7 +27,13 @@ from hypercolumns.testing import (
     gradient_rf,
     rf_mismatches,
 )
-from tests.tiny_models import RowRNN, block_transform, outlook_and_halo, windowed
+from tests.tiny_models import (
+    RowRNN,
+    block_transform,
+    linear_attention,
+    outlook_and_halo,
+    windowed,
+)
 
 LAST = "<last spatial layer>"
 
@@ -230,6 +236,7 @@ SMALL: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "windowed": (windowed, 256),
     "outlook_and_halo": (outlook_and_halo, 96),
     "block_transform": (block_transform, 96),
+    "linear_attention": (linear_attention, 64),
 }
 
 

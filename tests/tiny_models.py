@@ -229,6 +229,44 @@ def windowed() -> nn.Sequential:
     )
 
 
+class LinearAttention(nn.Module):
+    """EfficientViT's LiteMLA: ReLU linear attention over the heads of q, k, v from a 1x1
+    convolution and of their 5x5 depthwise aggregate. ``k^T @ v`` sums over every token (global
+    context), so each output unit reads what its query reads."""
+
+    def __init__(self, channels: int, dim: int = 4) -> None:
+        super().__init__()
+        self.dim = dim
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.aggreg = nn.Sequential(
+            nn.Conv2d(3 * channels, 3 * channels, 5, padding=2, groups=3 * channels),
+            nn.Conv2d(3 * channels, 3 * channels, 1, groups=3 * channels // dim),
+        )
+        self.proj = nn.Conv2d(2 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        qkv = self.qkv(x)
+        qkv = torch.cat([qkv, self.aggreg(qkv)], dim=1)
+        qkv = qkv.reshape(b, -1, 3 * self.dim, h * w).transpose(-1, -2)
+        q, k, v = F.relu(qkv).chunk(3, dim=-1)
+        v = F.pad(v, (0, 1), value=1.0)
+        out = q @ (k.transpose(-1, -2) @ v)
+        out = out[..., :-1] / (out[..., -1:] + 1e-6)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, -1, h, w))
+
+
+def linear_attention() -> nn.Sequential:
+    """Two LiteMLA blocks, the second after a stride-2 convolution."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        LinearAttention(8),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        LinearAttention(8),
+        nn.Conv2d(8, 8, 1),
+    )
+
+
 class RowRNN(nn.Module):
     """An LSTM along each row of a map (Sequencer's horizontal branch)."""
 

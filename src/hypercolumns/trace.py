@@ -789,8 +789,12 @@ def _matmul_rule(names: tuple[str, str], batched: bool) -> _Rule:
     def rule(call: _Call) -> State:
         a, b = (call.state(n) for n in names)
         width = _plain(call.out_shape[-1])
+        # Global context (linear attention's ``k^T @ v``, summed over every token) is a per-image
+        # constant by the convention of docs/geometry.md: the product keeps the other's geometry.
+        if a is not None and b is not None and a.is_global != b.is_global:
+            a, b = (None, b) if a.is_global else (a, None)
         if a is not None and b is not None:  # both from the image: attention, positions mix
-            if a.is_global or b.is_global:
+            if a.is_global:
                 return _flat(call.out_shape, is_global=True)
             if b.dims[-1].spatial and len(b.dims) > 1:  # positions are b's columns
                 width = b.dims[-1]
