@@ -375,7 +375,9 @@ def write_markdown(results: list[Result], path: Path, command: str, elapsed: flo
         f"| not analysed | {s['not analysed']} |",
         f"| model error / timeout | {s['error']} / {s['timeout']} |",
         "",
-        f"All analysed models agree: **{'yes' if checked == s['analysed'] else 'no'}**.",
+        f"Every analysed model that could be measured agrees: "
+        f"**{'yes' if s['disagree'] == 0 else 'no'}** ({checked} of {s['analysed']} measured; "
+        f"{s['unmeasured']} the gradient harness cannot measure, listed below).",
         "",
         "## Not agreeing, and why",
         "",
