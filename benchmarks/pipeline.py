@@ -162,24 +162,30 @@ def library_loop(model: torch.nn.Module, paths: list[Path], out: Path, planned: 
 
 
 def ours(
-    model: torch.nn.Module, folder: Path, out: Path, n: int, workers: int
+    model: torch.nn.Module, folder: Path, out: Path, n: int, workers: int, engine: str = "local"
 ) -> tuple[float, float]:
-    """End-to-end (weights hashed, plans, workers started) and steady-state (first progress
-    call to the last) images per second of the pipeline, with the model already built."""
+    """End-to-end (weights hashed, plans, workers or actors started) and steady-state images
+    per second of the pipeline, with the model already built. Steady: from the first progress
+    call to the last; Ray results come a batch at a time (when an actor's call ends), so from
+    the first batch."""
     marks: list[float] = []
+    local = engine == "local"
     start = time.perf_counter()
     summary = run(
         [folder],
         out,
         Settings(MODEL, "3,8", points=POINTS),
-        workers=workers,
+        workers=workers if local else 0,
+        batch_size=None if local else RAY_BATCH,
         device="cpu",
         progress=lambda done, total: marks.append(time.perf_counter()),
         model=model,
+        engine=engine,  # type: ignore[arg-type]
     )
     end = time.perf_counter()
     assert summary.done == n, summary
-    return n / (end - start), n / (marks[-1] - marks[0])
+    first = 0 if local else RAY_BATCH
+    return n / (end - start), (n - first) / (marks[-1] - marks[first])
 
 
 def start_ray() -> float:
@@ -190,26 +196,6 @@ def start_ray() -> float:
     start = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     return time.perf_counter() - start
-
-
-def ray_engine(model: torch.nn.Module, folder: Path, out: Path, n: int) -> tuple[float, float]:
-    """End-to-end and after-the-first-image images per second of the Ray engine."""
-    marks: list[float] = []
-    start = time.perf_counter()
-    summary = run(
-        [folder],
-        out,
-        Settings(MODEL, "3,8", points=POINTS),
-        batch_size=RAY_BATCH,
-        device="cpu",
-        progress=lambda done, total: marks.append(time.perf_counter()),
-        model=model,
-        engine="ray",
-    )
-    end = time.perf_counter()
-    assert summary.done == n, summary
-    # results come a batch at a time (when the actor's call ends): steady from the first batch
-    return n / (end - start), (n - RAY_BATCH) / (marks[-1] - marks[RAY_BATCH])
 
 
 def banded_peak(work: Path, size: int) -> dict[str, float]:
@@ -277,8 +263,8 @@ def main() -> None:
             }
             if args.ray:
                 report["ray start seconds"] = round(start_ray(), 1)
-                methods["ray"] = lambda r: ray_engine(
-                    model, work / "images", work / f"ray{r}.parquet", len(paths)
+                methods["ray"] = lambda r: ours(
+                    model, work / "images", work / f"ray{r}.parquet", len(paths), 0, "ray"
                 )
             for r in range(args.rounds):
                 for name, method in methods.items():

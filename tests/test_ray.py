@@ -29,6 +29,7 @@ from tests import tiny_models
 from tests.conftest import HERE, TINY
 from tests.test_cli import assert_one_line_error
 from tests.test_cli import run as cli
+from tests.test_pipeline import picture
 from tests.test_store import config as store_config
 
 SIZES = [(20, 16), (24, 18), (40, 36), (17, 23), (24, 18)]
@@ -72,13 +73,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def picture(path: Path, size: tuple[int, int], seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture
