@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hypercolumns._allocator import keep_freed_memory
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.models import load_model
 from hypercolumns.pipeline import (
@@ -144,6 +145,7 @@ class _Model:
     ) -> None:
         import ray
 
+        keep_freed_memory()  # this actor's process is ours
         if threads is not None:
             torch.set_num_threads(threads)
         shipped = ray.get(model[0])  # the driver's model, or its weights
