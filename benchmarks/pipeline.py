@@ -14,9 +14,10 @@ interleaved round after round:
   ``hc.hypercolumns(model, x, [3, 8], points=1024)``, ``np.save`` one ``.npy``: what the
   README's quick start leads to;
 * ``library loop, planned``: the same with one ``hc.HypercolumnExtractor`` planned once;
-* ``ours``: :func:`hypercolumns.pipeline.run` with its defaults (batch size 1 on a CPU) into a
-  ``.parquet`` store, decoding in ``--workers`` DataLoader workers, timed end to end (model
-  built, weights hashed) and in steady state (from the first progress call to the last).
+* ``ours``: :func:`hypercolumns.pipeline.run` with its defaults (on a CPU: batch size 1,
+  decoding in the main process; ``--workers N`` for DataLoader workers) into a ``.parquet``
+  store, timed end to end (model built, weights hashed) and in steady state (from the first
+  progress call to the last).
 * ``ray`` (with ``--ray``; needs ``hypercolumns[ray]``): the same run with
   ``engine="ray"`` on a local Ray instance with this machine's CPUs, started once before the
   rounds (its start-up time is reported apart): decoding in Ray tasks, the model in one actor
@@ -24,12 +25,17 @@ interleaved round after round:
   end (actor started, model sent to it) and in steady state (from the first batch of results
   to the last). No goal: the Ray engine is for clusters; this measures its cost on one machine.
 
+The command line makes glibc's ``malloc`` keep freed memory for reuse
+(``hypercolumns._allocator``); so does this script, for every method alike, before the first
+one runs (``--default-malloc`` leaves glibc's defaults, to see what that is worth).
+
 Peak memory of banding: one 4096x4096 JPEG, vgg16 layers 3, 8, 15 (conv1_2, conv2_2, conv3_3
 after ReLU: 64 + 128 + 256 = 448 channels), dense float16 into a ``.zarr`` store with the
 ``hypercolumns extract`` command in a subprocess; its peak resident memory from
 ``getrusage(RUSAGE_CHILDREN)``. The in-memory result alone would be 448 x 4096^2 x 2 bytes.
 
-Run: ``uv run python benchmarks/pipeline.py [--rounds 2] [--workers 2] [--skip-banded] [--ray]``
+Run: ``uv run python benchmarks/pipeline.py [--rounds 2] [--workers N] [--skip-banded] [--ray]
+[--default-malloc]``
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ def _library() -> ModuleType:
 
 
 hc = _library()
+from hypercolumns._allocator import keep_freed_memory  # noqa: E402
 from hypercolumns.pipeline import Settings, run  # noqa: E402
 
 MODEL, LAYERS, POINTS, RAY_BATCH = "torchvision:vgg16", [3, 8], 1024, 8
@@ -162,7 +169,12 @@ def library_loop(model: torch.nn.Module, paths: list[Path], out: Path, planned: 
 
 
 def ours(
-    model: torch.nn.Module, folder: Path, out: Path, n: int, workers: int, engine: str = "local"
+    model: torch.nn.Module,
+    folder: Path,
+    out: Path,
+    n: int,
+    workers: int | None,
+    engine: str = "local",
 ) -> tuple[float, float]:
     """End-to-end (weights hashed, plans, workers or actors started) and steady-state images
     per second of the pipeline, with the model already built. Steady: from the first progress
@@ -231,17 +243,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers [default: the pipeline's]"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--banded-size", type=int, default=4096)
     parser.add_argument("--skip-banded", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--ray", action="store_true", help="also the Ray engine")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's malloc thresholds as they are"
+    )
     args = parser.parse_args()
+    kept = not args.default_malloc and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    report: dict[str, object] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    report: dict[str, object] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "freed memory kept": kept,
+    }
     work = Path(tempfile.mkdtemp(prefix="hc-bench-"))
     try:
         if not args.skip_throughput:

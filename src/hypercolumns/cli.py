@@ -409,8 +409,9 @@ def extract(
         typer.Option(
             "--workers",
             min=0,
-            help="Stores: processes decoding images while the model runs (0: none) [default: 2]; "
-            "--engine ray: the most decoding tasks at a time [default: as many as Ray runs].",
+            help="Stores: processes decoding images while the model runs (0: none) [default: 2 "
+            "with a GPU, 0 on a CPU, whose cores the model already uses]; --engine ray: the "
+            "most decoding tasks at a time [default: as many as Ray runs].",
             show_default=False,
         ),
     ] = None,
@@ -905,8 +906,6 @@ def _extract_store(
     engine = engine or Engine.local
     if engine is Engine.local and (ray_address is not None or actors is not None):
         raise HypercolumnsError("--ray-address and --actors apply to --engine ray")
-    if workers is None:
-        workers = 2 if engine is Engine.local else 0
     with bar:
         summary = run(
             inputs, out, settings, workers=workers, batch_size=batch_size,

@@ -852,7 +852,7 @@ def run(
     out: str | Path,
     settings: Settings,
     *,
-    workers: int = 0,
+    workers: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
@@ -883,7 +883,10 @@ def run(
         out: ``NAME.zarr`` for dense hypercolumns, ``NAME.parquet`` for sparse ones.
         settings: What to compute (see :class:`Settings`).
         workers: Local: DataLoader processes decoding images (0: decode in this process).
-            Ray: the most decoding tasks at a time (0: as many as Ray schedules).
+            Default: 2 with a GPU, 0 on a CPU, where the model's threads already use every
+            core and workers only take cores from it (vgg16 at 320x240 ran about 1.12x faster
+            with none on 2 cores; see docs/benchmarks.md). Ray: the most decoding tasks at a
+            time (default 0: as many as Ray schedules).
         batch_size: Images computed together (local: of one size; Ray: per actor call,
             grouped by size inside). Default: 8, or 1 for the local engine on a CPU, where
             batching gains nothing and makes every layer's maps outgrow the caches (vgg16 at
@@ -920,8 +923,11 @@ def run(
         raise HypercolumnsError("a Ray address and actors apply to the Ray engine (engine='ray')")
     if engine == "local" and str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_cpu = engine == "local" and torch.device(device).type == "cpu"
     if batch_size is None:
-        batch_size = 1 if engine == "local" and torch.device(device).type == "cpu" else 8
+        batch_size = 1 if on_cpu else 8
+    if workers is None:
+        workers = 0 if on_cpu or engine == "ray" else 2
     if batch_size < 1 or workers < 0 or (actors is not None and actors < 1):
         raise HypercolumnsError(
             f"batch size and actors must be >= 1 and workers >= 0, got {batch_size}, "
