@@ -291,6 +291,10 @@ class PointPlan:
         base = y0.long() * w + x0.long()
         self.gather = h * w > 4 * n
         if self.gather:  # per image: (4 * N,) flat units, and the weights along x and y
+            # in raster order, so that each channel's row is read front to back (random reads
+            # across a large map miss the caches); written back in the points' order
+            self.order = base.argsort(dim=1)
+            base, tx, ty = (t.gather(1, self.order) for t in (base, tx, ty))
             corners = (base, base + right, base + down, base + down + right)
             self.index = torch.cat(corners, 1)
             self.weights = torch.stack((tx, ty), 1).to(dtype)
@@ -313,7 +317,8 @@ class PointPlan:
                 wx, wy = self.weights[b]
                 top = torch.lerp(near[:, 0], near[:, 1], wx)
                 bottom = torch.lerp(near[:, 2], near[:, 3], wx)
-                out[b].copy_(torch.lerp(top, bottom, wy).T)
+                samples = torch.lerp(top, bottom, wy).T.to(out.dtype)
+                out[b].index_copy_(0, self.order[b], samples)
             return
         table = fmap.permute(0, 2, 3, 1).contiguous().view(-1, channels)
         target = out.view(bsz * n, channels)
