@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 import hypercolumns as hc
+from hypercolumns import pipeline
 from hypercolumns import store as st
 from hypercolumns._bands import BandedHypercolumns
 from hypercolumns.errors import HypercolumnsError, StoreError
@@ -197,6 +198,23 @@ def test_sparse_points_do_not_depend_on_batches_or_workers(folder: Path, tmp_pat
     assert other.done == 5
     c = hc.open_store(tmp_path / "c.parquet")
     assert any(not np.array_equal(a[k].points, c[k].points) for k in a)
+
+
+def test_defaults_on_a_cpu_decode_here_one_image_at_a_time(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def record(
+        todo: object, extraction: object, sink: object, *, workers: int, batch_size: int
+    ) -> None:
+        seen.append((workers, batch_size))
+
+    monkeypatch.setattr(pipeline, "_run_local", record)
+    settings = Settings(TINY, "1,4", points=7)
+    run([folder], tmp_path / "a.parquet", settings, device="cpu")
+    run([folder], tmp_path / "b.parquet", settings, device="cpu", workers=2, batch_size=4)
+    assert seen == [(0, 1), (2, 4)]
 
 
 def test_masks_stratify_points_and_fill_the_label_column(tmp_path: Path) -> None:

@@ -884,7 +884,7 @@ def run(
         settings: What to compute (see :class:`Settings`).
         workers: Local: DataLoader processes decoding images (0: decode in this process).
             Default: 2 with a GPU, 0 on a CPU, where the model's threads already use every
-            core and workers only take cores from it (vgg16 at 320x240 ran about 1.12x faster
+            core and workers only take cores from it (vgg16 at 320x240 ran about 1.15x faster
             with none on 2 cores; see docs/benchmarks.md). Ray: the most decoding tasks at a
             time (default 0: as many as Ray schedules).
         batch_size: Images computed together (local: of one size; Ray: per actor call,
