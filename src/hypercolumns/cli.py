@@ -498,9 +498,9 @@ def extract(
     decoded in --workers processes while the model runs (on a CPU by default between
     forward passes); each image is committed on its own, so rerunning the same command
     skips what is done, also after a crash. Unreadable images are recorded and skipped
-    (exit code 1 when any failed). Dense images too large
-    for --max-memory are computed in bands. See docs/stores.md. With --engine ray the same
-    run is a Ray Data pipeline, on this machine or a Ray cluster: see docs/ray.md.
+    (exit code 1 when any failed). Dense images too large for --max-memory are computed in
+    bands. See docs/stores.md. With --engine ray the same run is a Ray Data pipeline, on
+    this machine or a Ray cluster: see docs/ray.md.
 
     **Single files**, by extension. **.npy**: one array with a leading image axis,
     (B, C, H, W) or (B, N, C), so all images must have the same size (use
