@@ -2,12 +2,12 @@
 
 For every module of ``timm.list_modules()`` the smallest model by parameter count (``test_*``
 models excluded when the module has others) is built with ``pretrained=False`` and analysed
-by :func:`hypercolumns.layers.layers` at 224x224. The receptive field of its last spatial
+by :func:`hypercolumns.rf.layers.layers` at 224x224. The receptive field of its last spatial
 layer is then checked against an independent measurement from input gradients
-(:mod:`hypercolumns.testing`):
+(:mod:`hypercolumns.rf.groundtruth`):
 
 * ``local`` layers (a finite receptive field): size, stride and centre of unit 0 must agree
-  exactly with :func:`~hypercolumns.testing.gradient_rf` (compared on the input sizes the
+  exactly with :func:`~hypercolumns.rf.groundtruth.gradient_rf` (compared on the input sizes the
   measurement used);
 * ``global/mixed`` layers (after self-attention every unit reads the whole input): the
   gradient of the middle unit must reach every input pixel.
@@ -87,7 +87,7 @@ def _create(name: str, **kwargs: Any) -> Any:
 
 def _analyse(model: Any, size: tuple[int, int], channels: int) -> tuple[list[Any], list[str]]:
     from hypercolumns.errors import GeometryWarning
-    from hypercolumns.layers import layers
+    from hypercolumns.rf.layers import layers
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GeometryWarning)
@@ -129,7 +129,7 @@ def _build(name: str, result: Result) -> tuple[Any, list[Any], list[str]]:
 
 def check_model(name: str) -> Result:
     """Analyse timm model ``name`` at 224x224 and check its last spatial layer by gradients."""
-    from hypercolumns.testing import gradient_boxes, gradient_rf, rf_mismatches
+    from hypercolumns.rf.groundtruth import gradient_boxes, gradient_rf, rf_mismatches
 
     start = time.perf_counter()
     result = Result(model=name)
@@ -347,8 +347,8 @@ def write_markdown(results: list[Result], path: Path, command: str, elapsed: flo
         "",
         "One model per timm architecture module (`timm.list_modules()`): the smallest by "
         "parameter count (`test_*` models excluded), built with `pretrained=False`. "
-        f"`hypercolumns.layers` analyses it at {INPUT}x{INPUT}; the receptive field of the last "
-        "spatial layer is then measured from input gradients (`hypercolumns.testing`):",
+        f"`hypercolumns.rf.layers` analyses it at {INPUT}x{INPUT}; the receptive field of the last "
+        "spatial layer is then measured from input gradients (`hypercolumns.rf.groundtruth`):",
         "",
         "* **local**: size / stride / centre of unit 0 (y,x when they differ) must equal "
         "`gradient_rf`'s, compared on the input sizes the measurement used (tall and narrow for "

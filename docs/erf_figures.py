@@ -6,10 +6,10 @@
   receptive field grows as ``2n + 1``. The all-ones linear stack, whose ERF std is exactly
   ``sqrt(n (k^2 - 1) / 12)``, is drawn for reference. Prints the numbers as a table.
 * ``erf_depths.png``: the ERFs of the ReLU stacks of depth 4, 16 and 32 side by side, each
-  with its theoretical box (:func:`hypercolumns.plot.erf_comparison`).
-* ``erf_map.png``: torchvision resnet50 ``layer3`` at 224 (:func:`hypercolumns.plot.erf_map`).
+  with its theoretical box (:func:`hypercolumns.viz.plot.erf_comparison`).
+* ``erf_map.png``: torchvision resnet50 ``layer3`` at 224 (:func:`hypercolumns.viz.plot.erf_map`).
 * ``erf_on_image.png``: torchvision vgg16 ``features.22`` on the bundled photo, the ERF of
-  the middle unit for that image (:func:`hypercolumns.plot.erf_on_image`, what
+  the middle unit for that image (:func:`hypercolumns.viz.plot.erf_on_image`, what
   ``hypercolumns draw rf`` draws).
 
 Run: ``uv run python docs/erf_figures.py [--out docs/images]``
@@ -27,8 +27,8 @@ import torchvision
 from torch import nn
 
 import hypercolumns as hc
-from hypercolumns import plot
 from hypercolumns.demo import image_path
+from hypercolumns.viz import plot
 
 DEPTHS = (1, 2, 4, 8, 16, 32)
 CHANNELS = 16

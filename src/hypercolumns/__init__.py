@@ -5,7 +5,6 @@ feature maps of arbitrary layers, and hypercolumns (per-pixel stacks of layer ac
 """
 
 from hypercolumns._version import __version__
-from hypercolumns.erf import ERF, erf
 from hypercolumns.errors import (
     GeometryWarning,
     HypercolumnsError,
@@ -16,19 +15,20 @@ from hypercolumns.errors import (
     StoreError,
     WeightsError,
 )
-from hypercolumns.features import FeatureExtractor, feature_maps
-from hypercolumns.geometry import ReceptiveField
-from hypercolumns.hypercolumns import (
+from hypercolumns.features.columns import (
     PCA,
     HypercolumnExtractor,
     Hypercolumns,
     fit_pca,
     hypercolumns,
 )
+from hypercolumns.features.maps import FeatureExtractor, feature_maps
 from hypercolumns.images import Preprocessing, load_image
-from hypercolumns.layers import Layer, layers, select
+from hypercolumns.io.store import open_store
 from hypercolumns.models import load_model
-from hypercolumns.store import open_store
+from hypercolumns.rf.erf import ERF, erf
+from hypercolumns.rf.geometry import ReceptiveField
+from hypercolumns.rf.layers import Layer, layers, select
 
 __all__ = [
     "ERF",

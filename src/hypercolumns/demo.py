@@ -80,12 +80,12 @@ def run(
     of layer 22 on the image, with its theoretical box) and ``conv_transposed.png`` (which input
     cells feed each output cell of a stride-2 transposed convolution).
     """
-    from hypercolumns import draw, plot
-    from hypercolumns.erf import erf
-    from hypercolumns.features import feature_maps
-    from hypercolumns.hypercolumns import hypercolumns
+    from hypercolumns.features.columns import hypercolumns
+    from hypercolumns.features.maps import feature_maps
     from hypercolumns.images import load_image
-    from hypercolumns.layers import layers, select
+    from hypercolumns.rf.erf import erf
+    from hypercolumns.rf.layers import layers, select
+    from hypercolumns.viz import draw, plot
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -293,7 +293,7 @@ def load_image(
         ImageError: The file cannot be read, or mean/std do not fit the channels.
         InputSizeError: A malformed resize or crop, or a crop larger than the image.
     """
-    from hypercolumns.layers import first_conv_channels
+    from hypercolumns.rf.layers import first_conv_channels
 
     if channels is None:
         channels = first_conv_channels(model) if model is not None else 3

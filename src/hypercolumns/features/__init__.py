@@ -1,0 +1,25 @@
+"""What a network sees: feature maps of chosen layers and hypercolumns built from them.
+
+``maps`` captures layer outputs with only the part of the network that is needed; ``columns``
+stacks them into per-pixel hypercolumns, dense or at points; ``bands`` does the same for images
+too large for memory, a band of rows at a time; ``_resample`` holds the bilinear kernels.
+"""
+
+from hypercolumns.features.columns import (
+    PCA,
+    HypercolumnExtractor,
+    Hypercolumns,
+    fit_pca,
+    hypercolumns,
+)
+from hypercolumns.features.maps import FeatureExtractor, feature_maps
+
+__all__ = [
+    "PCA",
+    "FeatureExtractor",
+    "HypercolumnExtractor",
+    "Hypercolumns",
+    "feature_maps",
+    "fit_pca",
+    "hypercolumns",
+]

@@ -1,0 +1,1 @@
+"""Outputs on disk: single files with their metadata (``files``) and chunked stores (``store``)."""

@@ -1,0 +1,411 @@
+"""The Ray engine of :func:`hypercolumns.pipeline.run`: the same run as a Ray Data pipeline.
+
+::
+
+    sources ──▶ decode: Ray tasks ──▶ model: actor pool ──▶ this process: store writer
+
+* Every image is a row; Ray tasks read, decode and preprocess it, and sample its points, with
+  :func:`~hypercolumns.pipeline.decode`, as the local engine's worker processes do.
+* A pool of actors (``map_batches`` with a callable class) runs the model, one model per actor
+  and one GPU per actor where the cluster has GPUs. Each actor builds the model's architecture
+  from the settings and loads the weights of the model built here, which travel through the
+  object store: every actor computes with the weights named in the store's configuration (by
+  their SHA-256), whatever the nodes have on disk or can download.
+* The results stream back to this process (the driver), which alone writes and commits them
+  with the store's writer: the same atomic per-image commits, resumption and failure log as the
+  local engine. Dense images too large for the memory budget come back band by band and are
+  written straight into their slot, which is committed when its last band is in.
+
+Between the stages rows are plain columns (strings and tensors) that Ray keeps in Arrow, not
+pickled objects. A task that Ray retries (an actor lost with its node) may send an image again;
+the driver keeps the first copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hypercolumns.errors import HypercolumnsError
+from hypercolumns.io.store import DenseSlot, DenseWriter, ImageResult
+from hypercolumns.models import load_model
+from hypercolumns.pipeline import (
+    Decoded,
+    DecodeOptions,
+    Extraction,
+    Failure,
+    Settings,
+    Source,
+    _BandLayout,
+    _reason,
+    _Sink,
+    _split_whole,
+    decode,
+)
+from hypercolumns.pipeline._allocator import keep_freed_memory
+
+__all__ = ["require", "run"]
+
+Batch = dict[str, np.ndarray[Any, Any]]
+Row = dict[str, Any]
+
+
+def require() -> None:
+    """Raise a one-line :class:`HypercolumnsError` unless Ray (with Ray Data) is installed."""
+    if importlib.util.find_spec("ray") is None:
+        raise HypercolumnsError(
+            "the Ray engine needs Ray: install hypercolumns[ray] (pip install "
+            "'hypercolumns[ray]', or uv sync --extra ray)"
+        )
+
+
+# -- rows between the stages -------------------------------------------------------------------
+
+
+def _pack(d: Decoded) -> Row:
+    """A decoded image as a row of plain columns (empty tensors where there is nothing)."""
+    return {
+        "key": d.source.key,
+        "path": str(d.source.path),
+        "mask": "" if d.source.mask is None else str(d.source.mask),
+        "record": json.dumps(d.record),
+        "error": d.error or "",
+        "image": np.zeros((0, 0, 0), np.float32) if d.image is None else d.image.numpy(),
+        "points": np.zeros((0, 2), np.int64) if d.points is None else d.points.numpy(),
+        "labels": np.zeros((0,), np.int64) if d.labels is None else d.labels.numpy(),
+    }
+
+
+def _unpack(batch: Batch, i: int, sparse: bool) -> Decoded:
+    """Row ``i`` of a batch of :func:`_pack` rows, as the :class:`Decoded` it was."""
+    mask = str(batch["mask"][i])
+    source = Source(str(batch["key"][i]), Path(str(batch["path"][i])), Path(mask) if mask else None)
+    record = json.loads(str(batch["record"][i]))
+    if batch["error"][i]:
+        return Decoded(source, None, record, error=str(batch["error"][i]))
+    points = torch.from_numpy(np.array(batch["points"][i])) if sparse else None
+    labels = torch.from_numpy(np.array(batch["labels"][i])) if sparse and mask else None
+    return Decoded(source, torch.from_numpy(np.array(batch["image"][i])), record, points, labels)
+
+
+def _decode_row(row: Row, options: DecodeOptions) -> Row:
+    """The decoding task: read and preprocess one image (errors are kept in the row)."""
+    mask = row["mask"]
+    source = Source(row["key"], Path(row["path"]), Path(mask) if mask else None)
+    return _pack(decode(source, options))
+
+
+def _event(
+    key: str,
+    kind: str,
+    info: Mapping[str, Any],
+    features: np.ndarray[Any, Any],
+    points: np.ndarray[Any, Any] | None = None,
+    labels: np.ndarray[Any, Any] | None = None,
+) -> Batch:
+    """One output row of the model stage: an image, a band of one, or a failure."""
+    return {
+        "key": np.array([key]),
+        "kind": np.array([kind]),
+        "info": np.array([json.dumps(info)]),
+        "features": features[None],
+        "points": (np.zeros((0, 2), np.int32) if points is None else points)[None],
+        "labels": (np.zeros((0,), np.int32) if labels is None else labels)[None],
+    }
+
+
+# -- the model stage ---------------------------------------------------------------------------
+
+
+class _Model:
+    """A model actor: batches of decoded rows in, one output row per image (or band) out."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: list[Any],
+        device: str,
+        threads: int | None,
+        max_memory: int | None,
+        band_rows: int | None,
+    ) -> None:
+        import ray
+
+        keep_freed_memory()  # this actor's process is ours
+        if threads is not None:
+            torch.set_num_threads(threads)
+        shipped = ray.get(model[0])  # the driver's model, or its weights
+        if isinstance(shipped, nn.Module):
+            built = shipped
+        else:
+            built = load_model(settings.model, **dict(settings.model_kwargs))
+            built.load_state_dict(shipped)
+        self.extraction = Extraction(
+            settings, device=device, max_memory=max_memory, band_rows=band_rows, model=built
+        )
+        self.sparse = settings.points is not None
+        empty = (0, 0) if self.sparse else (0, 0, 0)
+        self.nothing = np.zeros(empty, dtype=settings.dtype)
+
+    def __call__(self, batch: Batch) -> Iterator[Batch]:
+        items = [_unpack(batch, i, self.sparse) for i in range(len(batch["key"]))]
+        whole, banded = _split_whole(self.extraction, items)
+        for result in self.extraction(whole):
+            yield self._out(result)
+        for item in banded:
+            yield from self._bands(item)
+
+    def _out(self, result: ImageResult | Failure) -> Batch:
+        if isinstance(result, Failure):
+            info = {"source": result.source, "reason": result.reason}
+            return _event(result.key, "failed", info, self.nothing)
+        return _event(
+            result.key, "image", result.record, result.features, result.points, result.labels
+        )
+
+    def _bands(self, item: Decoded) -> Iterator[Batch]:
+        try:
+            layout = _BandLayout.of(self.extraction, item)
+        except HypercolumnsError as err:
+            yield self._out(Extraction._failure(item, _reason(err)))
+            return
+        info = {"shape": layout.shape, "record": layout.record, "chunk_rows": layout.chunk_rows}
+        try:
+            for r0, band in self.extraction.bands(item):
+                yield _event(item.source.key, "band", {**info, "row": r0}, band)
+        except Exception as err:  # as the local engine: the image fails, the run goes on
+            yield self._out(Extraction._failure(item, _reason(err)))
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+
+class _Driver:
+    """Writes the model stage's rows into the store through the run's sink."""
+
+    def __init__(self, sink: _Sink, sparse: bool, labels: bool) -> None:
+        self.sink, self.sparse, self.labels = sink, sparse, labels
+        self.finished: set[str] = set()
+        self.slots: dict[str, tuple[DenseSlot, set[int]]] = {}
+
+    def take(self, row: Row) -> None:
+        key, kind = str(row["key"]), str(row["kind"])
+        if key in self.finished:  # sent again by a retried task
+            return
+        info = json.loads(row["info"])
+        if kind == "band":
+            self._band(key, info, row["features"])
+            return
+        if kind == "failed":
+            self._abort(key)
+            self.sink.put(Failure(key, info["source"], info["reason"]))
+        else:
+            self.sink.put(
+                ImageResult(
+                    key, row["features"],
+                    points=row["points"] if self.sparse else None,
+                    labels=row["labels"] if self.labels else None,
+                    record=info,
+                )
+            )  # fmt: skip
+        self.finished.add(key)
+        self.sink.advance(1)
+
+    def _band(self, key: str, info: dict[str, Any], band: np.ndarray[Any, Any]) -> None:
+        writer = self.sink.writer
+        assert isinstance(writer, DenseWriter)
+        if key not in self.slots:
+            shape = (info["shape"][0], info["shape"][1], info["shape"][2])
+            slot = writer.begin(
+                key, shape, str(band.dtype), info["record"], chunk_rows=info["chunk_rows"]
+            )
+            self.slots[key] = (slot, set())
+        slot, rows = self.slots[key]
+        if info["row"] not in rows:
+            rows.add(info["row"])
+            slot.write(info["row"], band)
+        if slot.rows_written == slot.shape[1]:
+            del self.slots[key]
+            writer.commit(slot)
+            self.sink.committed_in_bands()
+            self.finished.add(key)
+            self.sink.advance(1)
+
+    def _abort(self, key: str) -> None:
+        if key in self.slots:
+            slot, _ = self.slots.pop(key)
+            writer = self.sink.writer
+            assert isinstance(writer, DenseWriter)
+            writer.abort(slot)
+
+    def close(self) -> None:
+        """Discard images whose bands did not all come (the run stopped)."""
+        for key in list(self.slots):
+            self._abort(key)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ray_data_quiet() -> Iterator[None]:
+    """Ray Data's console messages (progress, errors, Ray's own deprecations) off while the
+    engine runs: the caller reports progress, the engine errors. Ray Data's log file in the
+    session's logs folder (``ray-data.log``) keeps them all."""
+    console = [h for h in logging.getLogger("ray.data").handlers if h.get_name() == "console"]
+    levels = [h.level for h in console]
+    for handler in console:
+        handler.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
+            yield
+    finally:
+        for handler, level in zip(console, levels, strict=True):
+            handler.setLevel(level)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _why(err: BaseException) -> str:
+    """Why a Ray pipeline failed, in one line: the error that a task or an actor raised."""
+    cause = getattr(err, "cause", None)  # a RayTaskError's: what the task raised
+    while isinstance(cause, BaseException) and cause is not err:
+        err, cause = cause, getattr(cause, "cause", None)
+    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
+    if len(lines) > 1 and not isinstance(err, HypercolumnsError):
+        return lines[-1]  # a worker's traceback, as text: its last line names the error
+    return _reason(err)
+
+
+def _pool(
+    ray: ModuleType, device: str, actors: int | None
+) -> tuple[int, dict[str, Any], str, int | None]:
+    """Actors, their resources, their device and their PyTorch threads, for this cluster."""
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise HypercolumnsError(
+            f"the Ray engine runs the model on 'auto', 'cpu' or 'cuda' (one GPU per actor), "
+            f"got device {device!r}"
+        )
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if device.startswith("cuda") or (device == "auto" and gpus > 0):
+        if gpus == 0:
+            raise HypercolumnsError(
+                f"device {device!r}: the Ray cluster has no GPUs; use --device cpu (or auto)"
+            )
+        n = actors or gpus
+        if n > gpus:
+            raise HypercolumnsError(f"{n} actors need {n} GPUs; the Ray cluster has {gpus}")
+        return n, {"num_gpus": 1}, "cuda", None
+    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
+    nodes = [cpus for cpus in nodes if cpus >= 1]
+    total = int(resources.get("CPU", 0))
+    n = actors or max(1, len(nodes))
+    # the model actors take half the CPUs, the decoding tasks the other half
+    cpus = max(1, min(total // (2 * n), int(min(nodes, default=1))))
+    if n * cpus >= total:
+        raise HypercolumnsError(
+            f"{n} model actor(s) of {cpus} CPU(s) leave no CPU for decoding; the Ray cluster "
+            f"has {total} CPU(s): give fewer --actors, or a cluster with more CPUs"
+        )
+    return n, {"num_cpus": cpus}, "cpu", cpus
+
+
+@contextlib.contextmanager
+def _connected(address: str | None) -> Iterator[ModuleType]:
+    """Ray, connected: to the instance this process already uses, else to the cluster at
+    ``address``, else (no ``address``, no ``RAY_ADDRESS``) to a new local instance, which is
+    shut down at the end."""
+    if address is None and "ray" not in sys.modules:
+        # A local instance runs this interpreter: Ray's copy of a `uv run` environment for its
+        # workers (a new virtual environment per session) would only cost time.
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+    import ray.data
+
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        if address is None:
+            # workers' output stays in the session's logs: errors come as one line here
+            ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            ray.init(address=address)
+    except Exception as err:
+        where = f"at {address!r}" if address else "here"
+        raise HypercolumnsError(f"cannot start or join a Ray cluster {where}: {_why(err)}") from err
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def run(
+    todo: Sequence[Source],
+    extraction: Extraction,
+    sink: _Sink,
+    *,
+    address: str | None,
+    device: str,
+    actors: int | None,
+    batch_size: int,
+    workers: int,
+    ship_model: bool,
+) -> None:
+    """Compute ``todo`` with Ray and write the results through ``sink``.
+
+    ``extraction`` is the driver's: its settings, decoding options and model weights go to the
+    tasks and actors. ``ship_model``: send the model itself (one the caller built), not only
+    its weights (the actors then build it from the settings).
+    """
+    labels = bool(sink.writer.config["run"].get("labels"))
+    driver = _Driver(sink, sparse=extraction.settings.points is not None, labels=labels)
+    with _connected(address) as ray, _ray_data_quiet():
+        n, resources, actor_device, threads = _pool(ray, device, actors)
+        model = extraction.model if ship_model else extraction.model.state_dict()
+        model_ref = ray.put(model)
+        items = [{"key": s.key, "path": str(s.path), "mask": str(s.mask or "")} for s in todo]
+        ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
+        ds = ds.map(
+            _decode_row,
+            fn_kwargs={"options": extraction.decode_options},
+            concurrency=workers or None,
+        )
+        ds = ds.map_batches(
+            _Model,
+            fn_constructor_kwargs={
+                "settings": extraction.settings, "model": [model_ref], "device": actor_device,
+                "threads": threads, "max_memory": extraction.max_memory,
+                "band_rows": extraction.band_rows,
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n),
+            **resources,
+        )  # fmt: skip
+        ds.context.enable_progress_bars = False  # the caller shows progress
+        ds.context.print_on_execution_start = False
+        try:
+            for row in ds.iter_rows():
+                driver.take(row)
+        except ray.exceptions.RayError as err:
+            raise HypercolumnsError(f"the Ray pipeline failed: {_why(err)}") from err
+        finally:
+            driver.close()

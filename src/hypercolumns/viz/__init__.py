@@ -1,0 +1,1 @@
+"""Figures: data plots (``plot``) and convolution-arithmetic diagrams (``draw``)."""

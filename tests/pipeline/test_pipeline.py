@@ -1,0 +1,521 @@
+"""The run into stores: inputs, results against the library, resumption, failures, bands."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import zarr
+from PIL import Image
+from torch import nn
+
+import hypercolumns as hc
+from hypercolumns import pipeline
+from hypercolumns.errors import HypercolumnsError, StoreError
+from hypercolumns.features.bands import BandedHypercolumns
+from hypercolumns.features.columns import Align, HypercolumnExtractor
+from hypercolumns.io import store as st
+from hypercolumns.pipeline import Decoded, Settings, Source, batches, expand_inputs, run
+from tests.cli.test_cli import assert_one_line_error
+from tests.cli.test_cli import run as cli
+from tests.conftest import HERE, TINY
+from tests.io.test_store import tree_bytes
+from tests.tiny_models import tiny_hourglass, tiny_resnet, tiny_se, tiny_vgg
+
+SLOW = f"{HERE / 'tiny_models.py'}:slow_tiny"
+SIZES = [(20, 16), (24, 18), (20, 16), (17, 23), (24, 18)]
+
+
+def picture(path: Path, size: tuple[int, int], seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Five images of three sizes, PNG and JPEG, one in a subfolder."""
+    root = tmp_path / "images"
+    for i, size in enumerate(SIZES):
+        name = f"sub/im{i}.jpg" if i == 3 else f"im{i}.{'png' if i % 2 else 'jpg'}"
+        picture(root / name, size, i)
+    return root
+
+
+def model_of(settings: Settings) -> torch.nn.Module:
+    """The model a run builds: random weights are seeded, so every process gets the same."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return hc.load_model(settings.model)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- inputs --------------------------------------------------------------------------------------
+
+
+def test_expand_folders_globs_and_lists(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for name in ["a.png", "UPPER.PNG", "sub/b.jpg", ".hidden.png", ".git/c.png", "sub/deep/d.tif"]:
+        picture(data / name, (4, 4), 0)
+    (data / "notes.md").write_text("not an image")
+    keys = [s.key for s in expand_inputs([data])]
+    assert keys == ["UPPER.PNG", "a.png", "sub/b.jpg", "sub/deep/d.tif"]
+    found = expand_inputs([str(data / "**" / "*.jpg"), str(data / "sub" / "deep" / "*")])
+    assert [(s.key, s.path) for s in found] == [
+        ("sub/b.jpg", data / "sub" / "b.jpg"),
+        ("d.tif", data / "sub" / "deep" / "d.tif"),
+    ]
+    listing = data / "list.txt"
+    listing.write_text(f"# train split\n\nsub/b.jpg\n./a.png\n{data / 'UPPER.PNG'}\n")
+    assert [(s.key, s.path.resolve()) for s in expand_inputs([listing])] == [
+        ("sub/b.jpg", (data / "sub" / "b.jpg").resolve()),
+        ("a.png", (data / "a.png").resolve()),
+        ("UPPER.PNG", (data / "UPPER.PNG").resolve()),
+    ]
+    table = data / "list.csv"
+    table.write_text(" Path ,mask\nsub/b.jpg,masks/b.png\na.png,\n")
+    assert [(s.key, s.mask) for s in expand_inputs([table])] == [
+        ("sub/b.jpg", data / "masks" / "b.png"),
+        ("a.png", None),
+    ]
+    # the same file twice is one image
+    assert len(expand_inputs([data / "a.png", data, str(data / "*.png")])) == 4
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("missing", "does not exist"),
+        ("empty-glob", "matches no image files"),
+        ("empty-folder", "holds no images"),
+        ("csv-header", "needs a header row with a 'path' column"),
+        ("same-key", "two images get the key 'a.png'"),
+    ],
+)
+def test_expand_errors(tmp_path: Path, case: str, match: str) -> None:
+    picture(tmp_path / "one" / "a.png", (4, 4), 0)
+    picture(tmp_path / "two" / "a.png", (4, 4), 1)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.csv").write_text("file,label\na.png,1\n")
+    inputs = {
+        "missing": [tmp_path / "nope.png"],
+        "empty-glob": [str(tmp_path / "*.gif")],
+        "empty-folder": [tmp_path / "empty"],
+        "csv-header": [tmp_path / "bad.csv"],
+        "same-key": [tmp_path / "one" / "a.png", tmp_path / "two" / "a.png"],
+    }[case]
+    with pytest.raises(HypercolumnsError, match=match):
+        expand_inputs(inputs)
+
+
+def test_batches_group_by_size_and_bound_what_waits() -> None:
+    def item(key: str, h: int) -> Decoded:
+        return Decoded(Source(key, Path(key)), torch.zeros(3, h, 4), {})
+
+    failed = Decoded(Source("x", Path("x")), None, {}, error="broken")
+    items = [item("a", 1), item("b", 2), failed, item("c", 1), item("d", 2), item("e", 1)]
+    keys = [[d.source.key for d in b] for b in batches(items, 2)]
+    assert keys == [["x"], ["a", "c"], ["b", "d"], ["e"]]
+    # at most hold * batch_size images wait: then the fullest batch goes as it is
+    sizes = [item(str(i), h) for i, h in enumerate([1, 1, 2, 3, 1])]
+    keys = [[d.source.key for d in b] for b in batches(sizes, 3, hold=1)]
+    assert keys == [["0", "1"], ["2"], ["3"], ["4"]]
+    # and at most max_bytes of images (each of these holds 3 * h * 4 float32 values)
+    sized = [item("a", 1), item("b", 2), item("c", 1)]
+    keys = [[d.source.key for d in b] for b in batches(sized, 8, max_bytes=150)]
+    assert keys == [["a", "c"], ["b"]]
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+def test_dense_store_equals_the_library_and_resumes(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hc.zarr"
+    settings = Settings(TINY, "0,3,7", dtype="float16")
+    calls: list[tuple[int, int]] = []
+    summary = run([folder], out, settings, batch_size=2, progress=lambda *a: calls.append(a))
+    assert (summary.done, summary.skipped, summary.failed, summary.banded) == (5, 0, (), 0)
+    assert calls[0] == (0, 5)
+    assert calls[-1] == (5, 5)
+    store = hc.open_store(out)
+    assert sorted(store) == ["im0.jpg", "im1.png", "im2.jpg", "im4.jpg", "sub/im3.jpg"]
+    model = model_of(settings)
+    for key in store:
+        x, _ = hc.load_image(folder / key, model)
+        expected = hc.hypercolumns(model, x, "0,3,7", dtype=torch.float16).features[0]
+        np.testing.assert_allclose(store[key][:], expected.numpy(), rtol=2e-3, atol=2e-3)
+        assert store.record(key)["preprocessing"]["size"] == list(x.shape[-2:])
+    assert store.slices == {"0": slice(0, 4), "3": slice(4, 10), "7": slice(10, 12)}
+    assert store.config["run"]["weights_sha256"] == hc.pipeline.weights_digest(model)
+
+    before = tree_bytes(out)
+    again = run([folder], out, settings, batch_size=3)
+    assert (again.done, again.skipped, again.bytes_written) == (0, 5, 0)
+    assert tree_bytes(out) == before
+    # more inputs later: only the new ones are computed
+    picture(folder / "late.png", (16, 16), 9)
+    more = run([folder], out, settings)
+    assert (more.done, more.skipped) == (1, 5)
+    assert len(hc.open_store(out)) == 6
+
+
+def test_sparse_points_do_not_depend_on_batches_or_workers(folder: Path, tmp_path: Path) -> None:
+    settings = Settings(TINY, "1,4", points=7, seed=3)
+    one = run([folder], tmp_path / "a.parquet", settings, batch_size=1)
+    four = run([folder], tmp_path / "b.parquet", settings, batch_size=4, workers=2)
+    assert one.done == four.done == 5
+    a, b = hc.open_store(tmp_path / "a.parquet"), hc.open_store(tmp_path / "b.parquet")
+    model = model_of(settings)
+    for key in a:
+        np.testing.assert_array_equal(a[key].points, b[key].points)
+        np.testing.assert_allclose(a[key].features, b[key].features, rtol=1e-5, atol=1e-6)
+        x, _ = hc.load_image(folder / key, model)
+        pts = torch.as_tensor(a[key].points)
+        expected = hc.hypercolumns(model, x, "1,4", points=pts[None]).features[0]
+        np.testing.assert_allclose(a[key].features, expected.numpy(), rtol=1e-5, atol=1e-6)
+        assert len({tuple(p) for p in a[key].points.tolist()}) == 7  # distinct pixels
+    other = run([folder], tmp_path / "c.parquet", Settings(TINY, "1,4", points=7, seed=4))
+    assert other.done == 5
+    c = hc.open_store(tmp_path / "c.parquet")
+    assert any(not np.array_equal(a[k].points, c[k].points) for k in a)
+
+
+def test_defaults_on_a_cpu_decode_here_one_image_at_a_time(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def record(
+        todo: object, extraction: object, sink: object, *, workers: int, batch_size: int
+    ) -> None:
+        seen.append((workers, batch_size))
+
+    monkeypatch.setattr(pipeline, "_run_local", record)
+    settings = Settings(TINY, "1,4", points=7)
+    run([folder], tmp_path / "a.parquet", settings, device="cpu")
+    run([folder], tmp_path / "b.parquet", settings, device="cpu", workers=2, batch_size=4)
+    assert seen == [(0, 1), (2, 4)]
+
+
+def test_masks_stratify_points_and_fill_the_label_column(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rows = ["path,mask"]
+    for i in range(3):
+        picture(data / f"im{i}.png", (24, 20), i)
+        labels = np.zeros((24, 20), np.uint8)
+        labels[:4] = 1  # a small label
+        labels[12:, 10:] = 2
+        labels[0, :] = 255  # big values are labels too
+        Image.fromarray(labels).save(data / f"mask{i}.png")
+        rows.append(f"im{i}.png,mask{i}.png")
+    picture(data / "odd.png", (10, 10), 7)
+    Image.fromarray(np.zeros((9, 10), np.uint8)).save(data / "odd_mask.png")
+    rows.append("odd.png,odd_mask.png")
+    (data / "list.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "l.parquet"
+    summary = run([data / "list.csv"], out, Settings(TINY, "1", points=40))
+    assert summary.done == 3
+    assert [(f.key, f.reason) for f in summary.failed] == [
+        ("odd.png", f"mask {str(data / 'odd_mask.png')!r} is 9x10, its image 10x10")
+    ]
+    store = hc.open_store(out)
+    for i in range(3):
+        entry = store[f"im{i}.png"]
+        mask = np.asarray(Image.open(data / f"mask{i}.png"))
+        assert entry.labels is not None
+        np.testing.assert_array_equal(entry.labels, mask[entry.points[:, 0], entry.points[:, 1]])
+        assert Counter(entry.labels.tolist()) == {0: 10, 1: 10, 2: 10, 255: 10}
+    assert pq.read_table(out).column_names == ["key", "y", "x", "label", "features"]
+    assert store.config["run"]["labels"] is True
+
+
+def test_bad_images_are_recorded_and_skipped(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = picture(tmp_path / "full.jpg", (64, 64), 0)
+    (folder / "cut.jpg").write_bytes(full.read_bytes()[:900])
+    (folder / "text.png").write_text("hello")
+    picture(folder / "dot.png", (1, 1), 0)  # decodes, but too small for the model
+    out = tmp_path / "hc.zarr"
+    args = ["extract", TINY, str(folder), "-l", "1,4", "-o", str(out), "--workers", "0"]
+    code, stdout, err = cli(args, capsys)
+    assert code == 1
+    assert "5 image(s) written" in stdout
+    assert "failed: cut.jpg: cannot read image" in err
+    assert "failed: text.png: cannot read" in err
+    assert "failed: dot.png:" in err
+    assert err.strip().splitlines()[-1].startswith("error: 3 image(s) failed")
+    store = hc.open_store(out)
+    assert len(store) == 5
+    assert sorted(f["key"] for f in store.failures) == ["cut.jpg", "dot.png", "text.png"]
+    code, stdout, _ = cli([*args, "--format", "json"], capsys)
+    summary = json.loads(stdout)
+    assert (code, summary["done"], summary["skipped"], len(summary["failed"])) == (1, 0, 5, 3)
+
+
+def test_unwritable_or_full_store(
+    folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = cli(["extract", TINY, str(folder), "-l", "1", "-o", str(blocker / "x.zarr")],
+                       capsys)  # fmt: skip
+    assert_one_line_error(code, err, "is not a folder")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(StoreError, match="is not writable"):
+            run([folder], locked / "x.zarr", Settings(TINY, "1"))
+    # the disk fills up at the third image: the first two stay, a rerun completes the store
+    out = tmp_path / "full.zarr"
+    real, seen = st._fsync_tree, {"n": 0}
+
+    def disk_full(root: Path) -> None:
+        seen["n"] += "staging" in root.parts
+        if seen["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(root)
+
+    monkeypatch.setattr(st, "_fsync_tree", disk_full)
+    with pytest.raises(StoreError, match="No space left on device; it keeps the 2 images"):
+        run([folder], out, Settings(TINY, "1"), batch_size=1)
+    monkeypatch.undo()
+    assert len(hc.open_store(out)) == 2
+    assert not (out / st.BOOK / "staging").exists()
+    summary = run([folder], out, Settings(TINY, "1"))
+    assert (summary.done, summary.skipped) == (3, 2)
+
+
+def test_another_configuration_is_refused_unless_overwritten(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "hc.zarr"
+    base = ["extract", TINY, str(folder), "-o", str(out), "--workers", "0"]
+    assert cli([*base, "-l", "1,4"], capsys)[0] == 0
+    code, _, err = cli([*base, "-l", "1", "--dtype", "float16"], capsys)
+    assert_one_line_error(code, err, 'layers: ["1", "4"] in the store, ["1"] now')
+    assert 'dtype: "float32" in the store, "float16" now' in err
+    assert "--overwrite" in err
+    code, stdout, _ = cli([*base, "-l", "1", "--dtype", "float16", "--overwrite"], capsys)
+    assert code == 0
+    assert "5 image(s) written" in stdout
+    assert hc.open_store(out)["im0.jpg"].dtype == np.float16
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["-o", "x.parquet"], "holds sparse hypercolumns: give points"),
+        (["-o", "x.zarr", "--points", "5"], "holds dense hypercolumns"),
+        (["-o", "x.parquet", "--points", "pts.csv"], "a file of points"),
+        (["-o", "x.parquet", "--points", "0"], "points must be a positive count"),
+        (["-o", "x.parquet", "--points", "3", "--size", "8,8"], "size sets the grid"),
+        (
+            ["-o", "x.npy", "--workers", "2", "--overwrite"],
+            "--workers, --overwrite apply to stores",
+        ),
+    ],
+)
+def test_store_option_errors(
+    folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    match: str,
+) -> None:
+    paths = [str(tmp_path / a) if a.startswith("x.") else a for a in args]
+    code, _, err = cli(["extract", TINY, str(folder), "-l", "1", *paths], capsys)
+    assert_one_line_error(code, err, match)
+
+
+# -- bands ---------------------------------------------------------------------------------------
+
+
+LAYERS = {tiny_vgg: "1,4,9", tiny_resnet: "relu,block1,block2,block3", tiny_hourglass: "1,4"}
+STEPS = {tiny_vgg: 4, tiny_resnet: 16, tiny_hourglass: 4}
+
+
+@pytest.mark.parametrize("factory", [tiny_vgg, tiny_resnet, tiny_hourglass])
+@pytest.mark.parametrize("align", ["rf", "half-pixel"])
+def test_bands_equal_the_whole_image(factory: Callable[[], nn.Module], align: Align) -> None:
+    torch.manual_seed(0)
+    model = factory()
+    size = (83, 29)
+    x = torch.randn(1, 3, *size)
+    whole = HypercolumnExtractor(model, LAYERS[factory], size, align=align)(x).features[0]
+    banded = BandedHypercolumns(model, LAYERS[factory], size, align=align)
+    assert banded.step == STEPS[factory]
+    for rows in (3, 16, 1000):
+        out = torch.full_like(whole, float("nan"))
+        for r0, band in banded(x, rows):
+            out[:, r0 : r0 + band.shape[1]] = band
+        torch.testing.assert_close(out, whole, rtol=1e-5, atol=1e-5)
+    banded.check()
+
+
+def test_band_starts_must_follow_the_total_stride() -> None:
+    """The equality above needs slab starts on the total stride of every layer on the way,
+    not only of the layers asked for: here the output has stride 1, the layers before it 4."""
+    torch.manual_seed(0)
+    model = tiny_hourglass()
+    x = torch.randn(1, 3, 83, 29)
+    whole = HypercolumnExtractor(model, "4", (83, 29))(x).features[0]
+    banded = BandedHypercolumns(model, "4", (83, 29))
+    banded.step = 1
+    worst = max(
+        float((band - whole[:, r0 : r0 + band.shape[1]]).abs().max()) for r0, band in banded(x, 16)
+    )
+    assert worst > 0.01
+
+
+def test_bands_refuse_what_they_cannot_compute() -> None:
+    torch.manual_seed(0)
+    with pytest.raises(HypercolumnsError, match="pools context over the whole image"):
+        BandedHypercolumns(tiny_se(), "2", (64, 32)).check()
+    with pytest.raises(HypercolumnsError, match="'7' sees the whole image"):
+        BandedHypercolumns(hc.load_model(TINY), "1,7", (32, 32))
+
+
+@pytest.mark.parametrize("points", [None, 9])
+def test_runs_compute_large_images_in_bands(tmp_path: Path, points: int | None) -> None:
+    picture(tmp_path / "big.png", (150, 40), 0)
+    picture(tmp_path / "small.png", (12, 12), 1)
+    factory = f"{HERE / 'tiny_models.py'}:tiny_resnet"
+    settings = Settings(factory, "relu,block1,block3", points=points)
+    out = tmp_path / ("b.zarr" if points is None else "b.parquet")
+    summary = run([tmp_path / "big.png", tmp_path / "small.png"], out, settings,
+                  max_memory=600_000)  # fmt: skip
+    assert summary.done == 2
+    assert summary.banded == (1 if points is None else 0)  # sparse bands stay inside
+    store = hc.open_store(out)
+    model = model_of(settings)
+    x, _ = hc.load_image(tmp_path / "big.png", model)
+    if points is None:
+        whole = hc.hypercolumns(model, x, "relu,block1,block3").features[0].numpy()
+        np.testing.assert_allclose(store["big.png"][:], whole, rtol=1e-5, atol=1e-5)
+        rows = store.record("big.png")["bands"]["rows"]
+        assert rows % 16 == 0
+        assert rows < 150
+        assert zarr.open_array(str(out / "big.png"), mode="r").chunks[1] == np.gcd(rows, 64)
+    else:
+        entry = store["big.png"]
+        pts = torch.as_tensor(entry.points)[None]
+        whole = hc.hypercolumns(model, x, "relu,block1,block3", points=pts).features[0].numpy()
+        np.testing.assert_allclose(entry.features, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_images_that_bands_cannot_compute_fail_with_the_reason(tmp_path: Path) -> None:
+    for name, size in [("big.png", (150, 40)), ("small.png", (12, 12)), ("tall.png", (160, 40))]:
+        picture(tmp_path / name, size, 0)
+    summary = run([tmp_path], tmp_path / "se.zarr", Settings(f"{HERE / 'tiny_models.py'}:tiny_se",
+                  "2"), max_memory=100_000)  # fmt: skip
+    assert summary.done == 1
+    assert [f.key for f in summary.failed] == ["big.png", "tall.png"]
+    assert all("pools context over the whole image" in f.reason for f in summary.failed)
+
+
+# -- interrupted runs ----------------------------------------------------------------------------
+
+
+def _commits(manifest: Path) -> int:
+    return manifest.read_bytes().count(b"\n") if manifest.exists() else 0
+
+
+def _kill_after_commits(cmd: list[str], manifest: Path, commits: int) -> int:
+    """Start ``cmd``, SIGKILL it once ``commits`` manifest lines exist; the lines then."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    try:
+        while _commits(manifest) < commits:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the run never committed"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    return _commits(manifest)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Object at _hypercolumns is not recognized")
+def test_killed_dense_run_then_rerun_equals_a_clean_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    images = tmp_path / "images"
+    for i in range(30):
+        picture(images / f"{i:02d}.png", (20, 16), i)
+    killed, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
+    args = ["extract", SLOW, str(images), "-l", "1,4", "--dtype", "float16", "--workers", "0",
+            "--batch-size", "1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "hypercolumns", *args, "-o", str(killed)]
+    committed = _kill_after_commits(cmd, killed / st.BOOK / "manifest.jsonl", 3)
+    assert 3 <= committed < 30, "the run must be killed in the middle"
+    code, stdout, err = cli([*args, "-o", str(killed), "-f", "json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["skipped"] == committed
+    assert cli([*args, "-o", str(clean)], capsys)[0] == 0
+    a, b = hc.open_store(killed), hc.open_store(clean)
+    assert sorted(a) == sorted(b) == [f"{i:02d}.png" for i in range(30)]
+    for key in a:
+        np.testing.assert_array_equal(a[key][:], b[key][:])
+    manifest_keys = [img["key"] for c in st._read_lines(killed / st.BOOK / "manifest.jsonl")
+                     for img in c["images"]]  # fmt: skip
+    assert sorted(manifest_keys) == sorted(a)  # each image committed once
+    arrays = [
+        k for k, v in zarr.open_group(str(killed), mode="r").members() if isinstance(v, zarr.Array)
+    ]
+    assert sorted(arrays) == sorted(a)  # and nothing else left in the store
+    assert not (killed / st.BOOK / "staging").exists()
+
+
+@pytest.mark.slow
+def test_killed_sparse_run_then_rerun_equals_a_clean_run(tmp_path: Path, one_thread: None) -> None:
+    images = tmp_path / "images"
+    for i in range(24):
+        picture(images / f"{i:02d}.png", (20, 16), i)
+    killed, clean = tmp_path / "killed.parquet", tmp_path / "clean.parquet"
+    settings = Settings(SLOW, "1,4", points=6, dtype="float16")
+    options = {"part_images": 2}
+    script = (
+        "from hypercolumns.pipeline import Settings, run; "
+        f"run([{str(images)!r}], {str(killed)!r}, Settings({SLOW!r}, '1,4', points=6, "
+        f"dtype='float16'), batch_size=1, writer_options={options!r})"
+    )
+    committed = _kill_after_commits([sys.executable, "-c", script],
+                                    killed / st.BOOK / "manifest.jsonl", 2)  # fmt: skip
+    assert 2 <= committed < 12, "the run must be killed in the middle"
+    resumed = run([images], killed, settings, batch_size=1, writer_options=options)
+    assert resumed.skipped == 2 * committed
+    run([images], clean, settings, batch_size=1, writer_options=options)
+    a, b = hc.open_store(killed), hc.open_store(clean)
+    assert sorted(a) == sorted(b) == [f"{i:02d}.png" for i in range(24)]
+    for key in a:
+        np.testing.assert_array_equal(a[key].points, b[key].points)
+        np.testing.assert_array_equal(a[key].features, b[key].features)
+    rows = Counter(pq.read_table(killed, columns=["key"]).column("key").to_pylist())
+    assert rows == dict.fromkeys(a, 6)  # pyarrow alone: every image once, none partial
