@@ -15,8 +15,8 @@ the class (and any register) tokens dropped. The class token itself is the pseud
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from hypercolumns._forward import StopForward, evaluating, first_tensor, hooked
 from hypercolumns.errors import HypercolumnsError, InputSizeError, LayerNotFoundError, ModelError
 from hypercolumns.rf.geometry import ReceptiveField
 from hypercolumns.rf.layers import (
@@ -35,16 +36,11 @@ from hypercolumns.rf.layers import (
     spec_items,
 )
 from hypercolumns.rf.layers import layers as list_layers
-from hypercolumns.rf.trace import evaluating
 
 __all__ = ["CLS", "FeatureExtractor", "feature_maps", "resolve"]
 
 CLS = ":cls"
 """Suffix naming the class token of a token layer: ``"blocks.11:cls"``."""
-
-
-class _Stop(Exception):  # noqa: N818 - control flow, never seen by callers
-    """Raised by a hook once every requested module has run: ends the forward pass early."""
 
 
 def _class_token(base: Layer, input_size: tuple[int, int]) -> Layer:
@@ -97,14 +93,6 @@ def resolve(
 
 def _source(layer: Layer) -> str:
     return layer.name[: -len(CLS)] if layer.name.endswith(CLS) else layer.name
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, tuple | list):
-        return next((o for o in output if isinstance(o, torch.Tensor)), None)
-    return None
 
 
 class _ToMeta(TorchDispatchMode):  # type: ignore[no-untyped-call]
@@ -180,21 +168,21 @@ class FeatureExtractor:
             def hook(module: nn.Module, args: Any, output: Any) -> None:
                 if name in done:
                     return  # a module that runs again (a reused ReLU): its first call counts
-                t = _first_tensor(output)
+                t = first_tensor(output)
                 if t is None:
                     return
                 done.add(name)
                 on_output(name, t)
                 if len(done) == total:
-                    raise _Stop
+                    raise StopForward
 
             return hook
 
         with (
-            _hooked(self._modules, make_hook),
+            hooked(self._modules, make_hook),
             evaluating(self.model),
             torch.no_grad(),
-            suppress(_Stop),
+            suppress(StopForward),
         ):
             self.model(x)
         missing = [n for n in self._sources if n not in done]
@@ -288,20 +276,6 @@ class FeatureExtractor:
             "`hypercolumns layers`), so its output cannot be read as a map; use as_maps=False "
             "for the raw output"
         )
-
-
-@contextmanager
-def _hooked(
-    modules: dict[str, nn.Module], make_hook: Callable[[str], Callable[..., None]]
-) -> Iterator[None]:
-    handles = []
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def feature_maps(

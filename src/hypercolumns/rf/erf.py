@@ -42,12 +42,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from hypercolumns._forward import StopForward, evaluating, first_tensor, hooked
 from hypercolumns.errors import HypercolumnsError, ImageError, InputSizeError, ModelError
-from hypercolumns.features.maps import _first_tensor, _hooked, _Stop
 from hypercolumns.rf.geometry import ReceptiveField
 from hypercolumns.rf.layers import Layer, MapLayout, first_conv_channels, parse_size, select
 from hypercolumns.rf.layers import layers as list_layers
-from hypercolumns.rf.trace import evaluating
 
 __all__ = [
     "AREA_LEVELS",
@@ -407,14 +406,14 @@ def _unit_value(
 
     def make_hook(_: str) -> Callable[..., None]:
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
-            t = _first_tensor(output)
+            t = first_tensor(output)
             if t is not None and not captured:
                 captured.append(t)
-                raise _Stop
+                raise StopForward
 
         return hook
 
-    with _hooked({layer.name: model.get_submodule(layer.name)}, make_hook), suppress(_Stop):
+    with hooked({layer.name: model.get_submodule(layer.name)}, make_hook), suppress(StopForward):
         model(x)
     if not captured:
         raise ModelError(f"layer {layer.name!r} produced no tensor when the model ran")

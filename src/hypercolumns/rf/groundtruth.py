@@ -50,6 +50,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from hypercolumns._forward import StopForward, first_tensor
 from hypercolumns.errors import GeometryWarning, HypercolumnsError, LayerNotFoundError, closest
 from hypercolumns.rf.geometry import Axis
 from hypercolumns.rf.layers import Layer, MapLayout, layers, parse_size
@@ -742,10 +743,6 @@ def _surrogate_modes() -> Iterator[_Tagger]:
 # Measuring.
 
 
-class _StopError(Exception):
-    """Raised by the layer's hook: the rest of the network is not needed."""
-
-
 _Chooser = Callable[[int, int], list[tuple[int, int]]]
 
 
@@ -778,18 +775,16 @@ class _Probe:
         captured: list[torch.Tensor] = []
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
-            t = output
-            if isinstance(output, tuple | list):
-                t = next((o for o in output if isinstance(o, torch.Tensor)), None)
-            if isinstance(t, torch.Tensor):
+            t = first_tensor(output)
+            if t is not None:
                 captured.append(t)
-                raise _StopError
+                raise StopForward
 
         handle = self.module.register_forward_hook(hook)
         try:
             with torch.enable_grad(), _surrogate_modes() as tagger:
                 tagger.tags.set(x, (False, False, True, True))
-                with suppress(_StopError):
+                with suppress(StopForward):
                     self.net(x)
             self.guessed.update(tagger.guessed)
         finally:

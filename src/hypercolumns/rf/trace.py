@@ -40,6 +40,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from hypercolumns._forward import evaluating, first_tensor
 from hypercolumns.errors import GeometryWarning, HypercolumnsError, InputSizeError, ModelError
 from hypercolumns.rf import geometry as g
 
@@ -1650,10 +1651,8 @@ def _hooks(
             tracer.stack.pop()
         rec = seen[id(mod)]
         if rec.output is None:
-            t = output
-            if isinstance(output, tuple | list):
-                t = next((o for o in output if isinstance(o, torch.Tensor)), None)
-            if isinstance(t, torch.Tensor):
+            t = first_tensor(output)
+            if t is not None:
                 rec.output = t
                 rec.state = tracer.states.get(t)
 
@@ -1856,23 +1855,6 @@ def _shortcuts(modules: Sequence[tuple[str, nn.Module]], tracer: _Tracer) -> Ite
     finally:
         for module in patched:
             del module.__dict__["forward"]
-
-
-@contextmanager
-def evaluating(model: nn.Module, *, modules: Sequence[nn.Module] | None = None) -> Iterator[None]:
-    """Put every submodule in eval mode, restoring each one's own ``training`` flag after.
-
-    ``modules``: ``model.modules()``, when the caller has them already.
-    """
-    modes = [(m, m.training) for m in (model.modules() if modules is None else modules)]
-    try:
-        if any(mode for _, mode in modes):  # ``eval()`` costs, even on a model in eval mode
-            model.eval()
-        yield
-    finally:
-        for m, mode in modes:
-            if m.training != mode:
-                m.training = mode
 
 
 def _input_state(shape: Sequence[int]) -> State:
