@@ -10,13 +10,8 @@ from PIL import Image
 from torch import nn
 
 from hypercolumns.errors import ImageError, InputSizeError
-from hypercolumns.images import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    load_image,
-    model_normalization,
-    read_image,
-)
+from hypercolumns.images import load_image, read_image
+from hypercolumns.models import IMAGENET_MEAN, IMAGENET_STD, normalization
 from tests.tiny_models import tiny
 
 
@@ -126,7 +121,7 @@ def test_normalisation_comes_from_the_model(tmp_path: Path) -> None:
     net = tiny()
     net.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
                           "interpolation": "bicubic"}  # fmt: skip
-    assert model_normalization(net).source == "timm pretrained_cfg"
+    assert normalization(net).source == "timm pretrained_cfg"
     x, prep = load_image(path, net)
     torch.testing.assert_close(x, torch.full_like(x, 2.0))
     assert prep.interpolation == "bicubic"

@@ -15,14 +15,9 @@ from hypercolumns.errors import (
     StoreError,
     WeightsError,
 )
-from hypercolumns.features.columns import (
-    PCA,
-    HypercolumnExtractor,
-    Hypercolumns,
-    fit_pca,
-    hypercolumns,
-)
+from hypercolumns.features.columns import HypercolumnExtractor, Hypercolumns, hypercolumns
 from hypercolumns.features.maps import FeatureExtractor, feature_maps
+from hypercolumns.features.pca import PCA, fit_pca
 from hypercolumns.images import Preprocessing, load_image
 from hypercolumns.io.store import open_store
 from hypercolumns.models import load_model

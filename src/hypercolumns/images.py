@@ -36,39 +36,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
+from hypercolumns._checks import size_spec
 from hypercolumns.errors import ImageError, InputSizeError
+from hypercolumns.models import INTERPOLATIONS, input_channels, normalization
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "Normalization",
-    "Preprocessing",
-    "load_image",
-    "model_normalization",
-    "read_image",
-]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """How a model expects its input to be normalised.
-
-    Attributes:
-        mean: Per-channel mean subtracted from ``[0, 1]`` pixel values.
-        std: Per-channel divisor.
-        interpolation: Resampling filter for resizing: ``bilinear``, ``bicubic`` or ``nearest``.
-        source: Where the numbers come from: ``timm pretrained_cfg``, ``torchvision ImageNet
-            default``, ``none`` or ``user``.
-    """
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-    source: str = "none"
+__all__ = ["Preprocessing", "cropped", "load_image", "per_channel", "read_image", "resized"]
 
 
 @dataclass(frozen=True)
@@ -117,24 +89,6 @@ class Preprocessing:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
         return (x * std + mean).clamp(0, 1)
-
-
-def model_normalization(model: nn.Module | None) -> Normalization:
-    """The normalisation ``model`` was trained with (see the module docstring for the rules)."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("mean") is not None and cfg.get("std") is not None:
-        interp = str(cfg.get("interpolation") or "bilinear")
-        return Normalization(
-            tuple(float(v) for v in cfg["mean"]),
-            tuple(float(v) for v in cfg["std"]),
-            interp if interp in _INTERPOLATIONS else "bilinear",
-            "timm pretrained_cfg",
-        )
-    if model is not None and type(model).__module__.startswith("torchvision."):
-        return Normalization(
-            IMAGENET_MEAN, IMAGENET_STD, "bilinear", "torchvision ImageNet default"
-        )
-    return Normalization((0.0,), (1.0,), "bilinear", "none")
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -206,18 +160,11 @@ def _to_channels(arr: np.ndarray[Any, np.dtype[np.float32]], channels: int) -> t
     return (x * weights).sum(1, keepdim=True)
 
 
-def _size_spec(text: str, what: str) -> list[int]:
-    try:
-        parts = [int(p) for p in text.replace("x", ",").split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts, default=0) < 1:
-        raise InputSizeError(f"{what} must be S or H,W with positive integers, got {text!r}")
-    return parts
-
-
-def _resize(x: torch.Tensor, spec: str, interpolation: str) -> torch.Tensor:
-    parts = _size_spec(spec, "resize")
+def resized(x: torch.Tensor, spec: str, interpolation: str) -> torch.Tensor:
+    """Resize ``(..., H, W)`` by a ``resize`` policy: ``"S"`` (shorter side, aspect kept) or
+    ``"H,W"``; antialiased and clamped to ``[0, 1]`` unless ``interpolation`` is ``nearest``
+    (masks)."""
+    parts = size_spec(spec, "resize")
     h, w = x.shape[-2:]
     if len(parts) == 1:
         short = parts[0]
@@ -235,11 +182,12 @@ def _resize(x: torch.Tensor, spec: str, interpolation: str) -> torch.Tensor:
     return out.clamp(0, 1)
 
 
-def _crop(x: torch.Tensor, spec: str) -> torch.Tensor:
+def cropped(x: torch.Tensor, spec: str) -> torch.Tensor:
+    """The centre of ``(..., H, W)`` by a crop policy: ``"center:S"`` or ``"center:H,W"``."""
     kind, sep, rest = spec.partition(":")
     if kind != "center" or not sep:
         raise InputSizeError(f"crop must be 'center:S', 'center:H,W' or 'none', got {spec!r}")
-    parts = _size_spec(rest, "crop")
+    parts = size_spec(rest, "crop")
     ch, cw = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
     h, w = x.shape[-2:]
     if ch > h or cw > w:
@@ -251,7 +199,8 @@ def _crop(x: torch.Tensor, spec: str) -> torch.Tensor:
     return x[..., top : top + ch, left : left + cw]
 
 
-def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
+def per_channel(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
+    """One value per channel from one value, one per channel, or (for grey) three to average."""
     vals = tuple(float(v) for v in values)
     if len(vals) == channels:
         return vals
@@ -293,23 +242,21 @@ def load_image(
         ImageError: The file cannot be read, or mean/std do not fit the channels.
         InputSizeError: A malformed resize or crop, or a crop larger than the image.
     """
-    from hypercolumns.rf.layers import first_conv_channels
-
     if channels is None:
-        channels = first_conv_channels(model) if model is not None else 3
+        channels = input_channels(model) if model is not None else 3
     if channels not in (1, 3):
         raise ImageError(
             f"the model takes {channels} input channels; images give 1 (grey) or 3 (RGB)"
         )
-    norm = model_normalization(model)
+    norm = normalization(model)
     interp = interpolation or norm.interpolation
-    if interp not in _INTERPOLATIONS:
+    if interp not in INTERPOLATIONS:
         raise ImageError(
-            f"interpolation must be one of {', '.join(_INTERPOLATIONS)}, got {interp!r}"
+            f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interp!r}"
         )
     source = "user" if mean is not None or std is not None else norm.source
-    mean_c = _per_channel(norm.mean if mean is None else mean, channels, "mean")
-    std_c = _per_channel(norm.std if std is None else std, channels, "std")
+    mean_c = per_channel(norm.mean if mean is None else mean, channels, "mean")
+    std_c = per_channel(norm.std if std is None else std, channels, "std")
     if any(s == 0 or not math.isfinite(s) for s in std_c):
         raise ImageError(f"std must be finite and non-zero, got {list(std_c)}")
 
@@ -320,9 +267,9 @@ def load_image(
     resize_s = None if resize is None else str(resize)
     crop_s = None if crop is None or crop == "none" else crop
     if resize_s is not None:
-        x = _resize(x, resize_s, interp)
+        x = resized(x, resize_s, interp)
     if crop_s is not None:
-        x = _crop(x, crop_s)
+        x = cropped(x, crop_s)
     x = (x - torch.tensor(mean_c).reshape(1, -1, 1, 1)) / torch.tensor(std_c).reshape(1, -1, 1, 1)
     record = Preprocessing(
         path=str(path),

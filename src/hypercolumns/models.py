@@ -1,4 +1,4 @@
-"""Build models from short specs and load local weights safely.
+"""Build models from short specs, load local weights safely, and read what a model expects.
 
 Specs:
 
@@ -6,15 +6,22 @@ Specs:
 * ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=..., **kwargs)``
 * ``package.module:factory``: an importable callable
 * ``path/to/file.py:factory``: a callable defined in a Python file
+
+What a model expects of its input (the role of timm's ``resolve_data_config``) is read here and
+nowhere else: :func:`input_channels`, :func:`normalization`, :func:`default_input_size`. timm
+models carry it in ``model.pretrained_cfg``; torchvision classification models take the ImageNet
+mean and std that all their weights use; other models get mean 0, std 1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +30,21 @@ from torch import nn
 
 from hypercolumns.errors import ModelError, WeightsError, closest
 
-__all__ = ["load_model", "load_weights"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Normalization",
+    "default_input_size",
+    "input_channels",
+    "load_model",
+    "load_weights",
+    "normalization",
+    "weights_digest",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 FORMS = ("timm:NAME", "torchvision:NAME", "package.module:factory", "path/to/file.py:factory")
 _NETWORK_ERRORS = (
@@ -287,3 +308,83 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         ]
         raise WeightsError(f"weights {str(path)!r} do not fit the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+# -- what a model expects ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a model expects its input to be normalised.
+
+    Attributes:
+        mean: Per-channel mean subtracted from ``[0, 1]`` pixel values.
+        std: Per-channel divisor.
+        interpolation: Resampling filter for resizing: ``bilinear``, ``bicubic`` or ``nearest``.
+        source: Where the numbers come from: ``timm pretrained_cfg``, ``torchvision ImageNet
+            default``, ``none`` or ``user``.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    source: str = "none"
+
+
+def _cfg(model: nn.Module | None) -> dict[str, Any]:
+    cfg = getattr(model, "pretrained_cfg", None)
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def normalization(model: nn.Module | None) -> Normalization:
+    """The normalisation ``model`` was trained with (see the module docstring for the rules)."""
+    cfg = _cfg(model)
+    if cfg.get("mean") is not None and cfg.get("std") is not None:
+        interp = str(cfg.get("interpolation") or "bilinear")
+        return Normalization(
+            tuple(float(v) for v in cfg["mean"]),
+            tuple(float(v) for v in cfg["std"]),
+            interp if interp in INTERPOLATIONS else "bilinear",
+            "timm pretrained_cfg",
+        )
+    if model is not None and type(model).__module__.startswith("torchvision."):
+        return Normalization(
+            IMAGENET_MEAN, IMAGENET_STD, "bilinear", "torchvision ImageNet default"
+        )
+    return Normalization((0.0,), (1.0,), "bilinear", "none")
+
+
+def input_channels(model: nn.Module) -> int:
+    """Input channels the model expects: from its timm config, else its first 2-D convolution.
+
+    Raises:
+        ModelError: Neither says (no config and no 2-D convolution).
+    """
+    size = _cfg(model).get("input_size")
+    if isinstance(size, tuple | list):
+        return int(size[0])
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            return int(module.in_channels)
+    raise ModelError(
+        f"{type(model).__name__} has no 2-D convolution, so it does not look like an image "
+        "model; if it takes (B, N, H, W) images, pass in_channels=N (--in-channels N)"
+    )
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int]:
+    """``(H, W)`` the model was trained at: its timm config's, else 224x224."""
+    size = _cfg(model).get("input_size")
+    if isinstance(size, tuple | list):
+        return int(size[1]), int(size[2])
+    return 224, 224
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of the model's state dict (names, dtypes, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()

@@ -27,6 +27,7 @@ from hypercolumns.errors import HypercolumnsError, StoreError
 from hypercolumns.features.bands import BandedHypercolumns
 from hypercolumns.features.columns import Align, HypercolumnExtractor
 from hypercolumns.io import store as st
+from hypercolumns.models import weights_digest
 from hypercolumns.pipeline import Decoded, Settings, Source, batches, expand_inputs, run
 from tests.cli.test_cli import assert_one_line_error
 from tests.cli.test_cli import run as cli
@@ -166,7 +167,7 @@ def test_dense_store_equals_the_library_and_resumes(folder: Path, tmp_path: Path
         np.testing.assert_allclose(store[key][:], expected.numpy(), rtol=2e-3, atol=2e-3)
         assert store.record(key)["preprocessing"]["size"] == list(x.shape[-2:])
     assert store.slices == {"0": slice(0, 4), "3": slice(4, 10), "7": slice(10, 12)}
-    assert store.config["run"]["weights_sha256"] == hc.pipeline.weights_digest(model)
+    assert store.config["run"]["weights_sha256"] == weights_digest(model)
 
     before = tree_bytes(out)
     again = run([folder], out, settings, batch_size=3)

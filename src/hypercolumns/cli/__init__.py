@@ -146,8 +146,8 @@ def layers(
 
     Example: hypercolumns layers torchvision:resnet50 --input-size 224
     """
+    from hypercolumns._checks import parse_size
     from hypercolumns.rf.layers import layers as list_layers
-    from hypercolumns.rf.layers import parse_size
 
     net = load(model, model_kwargs, weights, pretrained)
     found = list_layers(net, parse_size(input_size), in_channels=in_channels)
@@ -574,11 +574,12 @@ def _extract_files(
     """``extract`` into one .npy, .safetensors or .pt file."""
     import torch
 
+    from hypercolumns._checks import parse_size
     from hypercolumns.features.columns import hypercolumns as compute
     from hypercolumns.images import load_image
     from hypercolumns.io import files as _output
     from hypercolumns.rf.layers import layers as list_layers
-    from hypercolumns.rf.layers import parse_size, select
+    from hypercolumns.rf.layers import select
 
     max_memory = max_memory or "4GB"
     suffix = _output.check_suffix(out)
@@ -863,8 +864,8 @@ def _extract_store(
     """``extract`` into a store: the pipeline, a progress bar, a summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from hypercolumns._checks import parse_size
     from hypercolumns.pipeline import Settings, run
-    from hypercolumns.rf.layers import parse_size
 
     if points is not None and not points.strip().isdigit():
         raise HypercolumnsError(
@@ -1215,8 +1216,8 @@ def draw_growth(
 
     Example: hypercolumns draw growth torchvision:resnet50 --input-size 224 --out growth.png
     """
+    from hypercolumns._checks import parse_size
     from hypercolumns.rf.layers import layers as list_layers
-    from hypercolumns.rf.layers import parse_size
     from hypercolumns.viz import draw
 
     draw.check_path(out, animated=False)

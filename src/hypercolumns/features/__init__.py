@@ -5,14 +5,9 @@ stacks them into per-pixel hypercolumns, dense or at points; ``bands`` does the 
 too large for memory, a band of rows at a time; ``_resample`` holds the bilinear kernels.
 """
 
-from hypercolumns.features.columns import (
-    PCA,
-    HypercolumnExtractor,
-    Hypercolumns,
-    fit_pca,
-    hypercolumns,
-)
+from hypercolumns.features.columns import HypercolumnExtractor, Hypercolumns, hypercolumns
 from hypercolumns.features.maps import FeatureExtractor, feature_maps
+from hypercolumns.features.pca import PCA, fit_pca
 
 __all__ = [
     "PCA",

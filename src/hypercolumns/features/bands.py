@@ -28,7 +28,8 @@ from torch import nn
 
 from hypercolumns.errors import HypercolumnsError, InputSizeError
 from hypercolumns.features._resample import AxisMap, AxisPlan, resample
-from hypercolumns.features.columns import Align, HypercolumnExtractor, _fraction_axis
+from hypercolumns.features.align import Align, fraction_axis
+from hypercolumns.features.columns import HypercolumnExtractor
 from hypercolumns.features.maps import FeatureExtractor
 from hypercolumns.rf.geometry import Axis
 from hypercolumns.rf.layers import Layer
@@ -140,7 +141,7 @@ class BandedHypercolumns:
     def _maps(self, layer: Layer) -> tuple[AxisMap, AxisMap, int, int]:
         assert layer.layout is not None
         h, w = layer.layout.grid
-        my, mx = self.whole._axis_maps(layer, h, w)
+        my, mx = self.whole.axis_maps(layer, h, w)
         return my, mx, h, w
 
     def plan(self, rows: int) -> list[Band]:
@@ -206,7 +207,7 @@ class BandedHypercolumns:
             )
             for mine, full in zip(fe.layers, self.layers, strict=True):
                 same = mine.rf is not None and all(
-                    _fraction_axis(mine, k) == _fraction_axis(full, k) for k in (0, 1)
+                    fraction_axis(mine, k) == fraction_axis(full, k) for k in (0, 1)
                 )
                 if not same:
                     raise HypercolumnsError(

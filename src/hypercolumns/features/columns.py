@@ -4,14 +4,9 @@ Each layer's map is sampled at the pixel's position in that layer's own unit gri
 clamped at the borders; global layers (fully connected, globally pooled, class tokens) are
 broadcast to every pixel. The layers' blocks are stacked along the channels in the order given.
 
-Alignment (``align``):
-
-* ``"rf"`` (default): pixel ``p`` samples unit ``(p - center) / stride`` of the layer's exact
-  receptive-field geometry, so a unit's value lands on the pixel its receptive field is
-  centred on.
-* ``"half-pixel"``: the classic ``F.interpolate(mode="bilinear", align_corners=False)`` of the
-  map to the output size, as the papers did; it ignores where units really are (up to half a
-  cell off for ResNet-style padding).
+Alignment (``align``, see :mod:`hypercolumns.features.align`): ``"rf"`` (default) puts each
+unit's value on the pixel its receptive field is centred on; ``"half-pixel"`` is the classic
+``F.interpolate(mode="bilinear", align_corners=False)`` that the papers used.
 
 Dense output is ``(B, C, H, W)`` at the input resolution (or ``size``); with ``points`` it is
 sparse, ``(B, N, C)``, sampled at exactly those pixels, identical to the dense result there.
@@ -25,44 +20,36 @@ it scales every sampled hypercolumn's block of each layer to unit length, after 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
-from hypercolumns.errors import HypercolumnsError, InputSizeError
+from hypercolumns._checks import image_batch, parse_size
+from hypercolumns.errors import HypercolumnsError
 from hypercolumns.features._resample import AxisMap, AxisPlan, PointPlan, resample
+from hypercolumns.features.align import Align, axis_maps, check_align, unit_coordinates
 from hypercolumns.features.maps import FeatureExtractor
-from hypercolumns.rf.geometry import as_fraction
-from hypercolumns.rf.layers import Layer, LayerSpec, parse_size
+from hypercolumns.features.points import check_points, sample_points
+from hypercolumns.rf.layers import Layer, LayerSpec
 
-__all__ = ["PCA", "HypercolumnExtractor", "Hypercolumns", "fit_pca", "hypercolumns"]
+__all__ = ["HypercolumnExtractor", "Hypercolumns", "Projection", "hypercolumns"]
 
-Align = Literal["rf", "half-pixel"]
 Normalize = None | Literal["l2"] | Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 Points = None | int | torch.Tensor
 
 
-@dataclass(frozen=True)
-class PCA:
-    """A principal-component projection of one layer's channels: ``components @ (x - mean)``.
+class Projection(Protocol):
+    """A learned projection of one layer's channels, ``components @ (x - mean)``, such as the
+    :class:`~hypercolumns.features.pca.PCA` that ``fit_pca`` returns."""
 
-    Attributes:
-        mean: ``(C,)`` mean of the samples it was fitted on.
-        components: ``(K, C)`` principal axes, by decreasing variance.
-        explained_variance: ``(K,)`` variance of the samples along each axis.
-    """
+    @property
+    def components(self) -> torch.Tensor: ...
 
-    mean: torch.Tensor
-    components: torch.Tensor
-    explained_variance: torch.Tensor
-
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Project ``(..., C)`` vectors to ``(..., K)``."""
-        return (x - self.mean.to(x)) @ self.components.to(x).T
+    @property
+    def mean(self) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -94,23 +81,6 @@ class Hypercolumns:
             )
         sl = self.slices[name]
         return self.features[:, sl] if self.dense else self.features[..., sl]
-
-
-def _channels(layer: Layer) -> int:
-    layout = layer.layout
-    total = math.prod(layer.shape)
-    if layout is None:
-        return total
-    spatial = {layout.y, layout.x}
-    return math.prod(s for d, s in enumerate(layer.shape, start=1) if d not in spatial)
-
-
-def _fraction_axis(layer: Layer, axis: int) -> tuple[Fraction, Fraction]:
-    rf = layer.rf
-    assert rf is not None
-    if rf.axes is not None:
-        return rf.axes[axis].center, rf.axes[axis].stride
-    return as_fraction(rf.center[axis]), as_fraction(rf.stride[axis])
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -175,12 +145,14 @@ def _check_out(
 
 
 def _projection(
-    name: str, value: torch.Tensor | PCA, channels: int
+    name: str, value: torch.Tensor | Projection, channels: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(value, PCA):
-        matrix, mean = value.components, value.mean
-    elif isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor):
         matrix, mean = value, None
+    elif isinstance(getattr(value, "components", None), torch.Tensor) and isinstance(
+        getattr(value, "mean", None), torch.Tensor
+    ):
+        matrix, mean = value.components, value.mean
     else:
         raise HypercolumnsError(
             f"project[{name!r}] must be a (C_out, C_layer) tensor or a PCA from fit_pca, "
@@ -230,11 +202,10 @@ class HypercolumnExtractor:
         size: int | Sequence[int] | None = None,
         dtype: torch.dtype | None = None,
         normalize: Normalize = None,
-        project: Mapping[str, torch.Tensor | PCA] | None = None,
+        project: Mapping[str, torch.Tensor | Projection] | None = None,
         max_bytes: int | None = None,
     ) -> None:
-        if align not in ("rf", "half-pixel"):
-            raise HypercolumnsError(f"align must be 'rf' or 'half-pixel', got {align!r}")
+        check_align(align)
         self.features = FeatureExtractor(model, layers, input_size, in_channels=in_channels)
         self.layers = self.features.layers
         self.input_size = self.features.input_size
@@ -263,7 +234,7 @@ class HypercolumnExtractor:
                 f"project names layers that were not chosen: {unknown}; chosen: {names}"
             )
         self._project = {
-            name: _projection(name, value, _channels(layer))
+            name: _projection(name, value, layer.channels)
             for layer in self.layers
             for name, value in (project or {}).items()
             if name == layer.name
@@ -272,7 +243,7 @@ class HypercolumnExtractor:
         start = 0
         for layer in self.layers:
             proj = self._project.get(layer.name)
-            width = int(proj[0].shape[0]) if proj else _channels(layer)
+            width = int(proj[0].shape[0]) if proj else layer.channels
             self.slices[layer.name] = slice(start, start + width)
             start += width
         self.channels = start
@@ -314,18 +285,14 @@ class HypercolumnExtractor:
 
     # -- planning helpers ----------------------------------------------------------------------
 
-    def _axis_maps(self, layer: Layer, h: int, w: int) -> tuple[AxisMap, AxisMap]:
+    def axis_maps(self, layer: Layer, h: int, w: int) -> tuple[AxisMap, AxisMap]:
         """Where output pixels sample an ``h x w`` map of ``layer``, per axis."""
-        (height, width), (out_h, out_w) = self.input_size, self.size
-        if self.align == "half-pixel":
-            return AxisMap.half_pixel(h, out_h), AxisMap.half_pixel(w, out_w)
-        (cy, sy), (cx, sx) = _fraction_axis(layer, 0), _fraction_axis(layer, 1)
-        return AxisMap.rf(cy, sy, height, out_h), AxisMap.rf(cx, sx, width, out_w)
+        return axis_maps(layer, self.align, self.input_size, self.size, (h, w))
 
     def _axis_plans(self, layer: Layer, h: int, w: int) -> tuple[AxisPlan, AxisPlan]:
         key = (layer.name, h, w)
         if key not in self._plans:
-            my, mx = self._axis_maps(layer, h, w)
+            my, mx = self.axis_maps(layer, h, w)
             self._plans[key] = (AxisPlan(my, h, self.size[0]), AxisPlan(mx, w, self.size[1]))
         return self._plans[key]
 
@@ -350,7 +317,6 @@ class HypercolumnExtractor:
         seed: int | None,
         device: torch.device,
     ) -> torch.Tensor:
-        height, width = self.input_size
         if isinstance(points, bool) or not isinstance(points, int | torch.Tensor):
             raise HypercolumnsError(
                 f"points must be an int N (pixels to sample) or a (B, N, 2) / (N, 2) tensor of "
@@ -361,38 +327,13 @@ class HypercolumnExtractor:
             key = (points, batch, seed, device)
             if seeded and key in self._sampled:
                 return self._sampled[key]  # the same pixels as the last call
-            pts = _sample(points, batch, (height, width), labels, seed).to(device)
+            pts = sample_points(points, batch, self.input_size, labels, seed).to(device)
             if seeded:
                 self._sampled = {key: pts}
             return pts
         if labels is not None:
             raise HypercolumnsError("labels= stratifies sampled points: give points=N with it")
-        pts = points
-        if pts.dim() == 2:
-            pts = pts.unsqueeze(0).expand(batch, -1, -1)
-        if pts.dim() != 3 or pts.shape[0] != batch or pts.shape[2] != 2:
-            raise HypercolumnsError(
-                f"points must have shape (B={batch}, N, 2) or (N, 2) as (y, x), got "
-                f"{tuple(points.shape)}"
-            )
-        if pts.is_complex() or pts.dtype == torch.bool:
-            raise HypercolumnsError(f"points must be int or float coordinates, got {pts.dtype}")
-        pts = pts.to(device=device, dtype=torch.float64)
-        bad = ~(
-            (pts[..., 0] >= -0.5)
-            & (pts[..., 0] <= height - 0.5)
-            & (pts[..., 1] >= -0.5)
-            & (pts[..., 1] <= width - 0.5)
-        )
-        if bool(bad.any()):
-            b, n = (int(i) for i in bad.nonzero()[0])
-            y, x = (float(v) for v in pts[b, n])
-            raise HypercolumnsError(
-                f"point {n} of image {b}, (y, x) = ({y:g}, {x:g}), is outside the "
-                f"{height}x{width} image (y must lie in [-0.5, {height - 0.5}], x in "
-                f"[-0.5, {width - 0.5}]); {int(bad.sum())} point(s) are outside in all"
-            )
-        return pts
+        return check_points(points, batch, self.input_size, device)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -499,81 +440,9 @@ class HypercolumnExtractor:
         h, w = value.shape[-2:]
         plan = self._point_plans.get(layer.name)
         if plan is None or plan.key != (*pts.shape[:2], h, w, value.dtype):
-            height, width = self.input_size
-            py, px = pts[..., 0], pts[..., 1]
-            if self.align == "half-pixel":
-                uy = (py + 0.5) * (h / height) - 0.5
-                ux = (px + 0.5) * (w / width) - 0.5
-            else:
-                (cy, sy), (cx, sx) = _fraction_axis(layer, 0), _fraction_axis(layer, 1)
-                uy = (py - float(cy)) / float(sy)
-                ux = (px - float(cx)) / float(sx)
+            uy, ux = unit_coordinates(layer, self.align, self.input_size, pts, (h, w))
             plan = self._point_plans[layer.name] = PointPlan(uy, ux, h, w, value.dtype)
         plan.sample(value, target)
-
-
-def _sample(
-    n: int, batch: int, size: tuple[int, int], labels: torch.Tensor | None, seed: int | None
-) -> torch.Tensor:
-    """``(B, n, 2)`` distinct pixels per image, uniform or stratified by ``labels``."""
-    height, width = size
-    if n < 1 or n > height * width:
-        raise HypercolumnsError(
-            f"points={n} cannot be sampled without replacement from a {height}x{width} image: "
-            f"give 1 to {height * width} points"
-        )
-    gen = torch.Generator()
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    if labels is not None and (
-        not isinstance(labels, torch.Tensor)
-        or labels.shape != (batch, height, width)
-        or labels.is_floating_point()
-    ):
-        got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels)
-        raise HypercolumnsError(
-            f"labels must be an int tensor of shape (B={batch}, {height}, {width}), got "
-            f"{got}{'' if not isinstance(labels, torch.Tensor) else ' ' + str(labels.dtype)}"
-        )
-    flat_all: list[torch.Tensor] = []
-    for b in range(batch):
-        if labels is None:
-            flat = torch.randperm(height * width, generator=gen)[:n]
-        else:
-            flat = _stratified(n, labels[b].reshape(-1).cpu(), gen, b)
-        flat_all.append(flat)
-    flat_t = torch.stack(flat_all)
-    return torch.stack((flat_t // width, flat_t % width), dim=-1).to(torch.float64)
-
-
-def _stratified(n: int, labels: torch.Tensor, gen: torch.Generator, b: int) -> torch.Tensor:
-    """``n`` pixels, as equal a number per label present as the labels' sizes allow (pixels
-    with negative labels are never chosen)."""
-    present = [int(v) for v in torch.unique(labels) if v >= 0]
-    pools = [(labels == v).nonzero().squeeze(1) for v in present]
-    available = sum(len(p) for p in pools)
-    if available < n:
-        raise HypercolumnsError(
-            f"image {b} has {available} labelled (non-negative) pixels, fewer than points={n}"
-        )
-    quota = [0] * len(pools)
-    left, open_ = n, list(range(len(pools)))
-    while left:  # water-filling: equal shares, a small label gives its surplus to the others
-        share = max(1, left // len(open_))
-        for i in list(open_):
-            take = min(share, len(pools[i]) - quota[i], left)
-            quota[i] += take
-            left -= take
-            if quota[i] == len(pools[i]):
-                open_.remove(i)
-            if not left:
-                break
-    chosen = [
-        p[torch.randperm(len(p), generator=gen)[:q]] for p, q in zip(pools, quota, strict=True)
-    ]
-    return torch.cat(chosen)
 
 
 def hypercolumns(
@@ -586,7 +455,7 @@ def hypercolumns(
     size: int | Sequence[int] | None = None,
     dtype: torch.dtype | None = None,
     normalize: Normalize = None,
-    project: Mapping[str, torch.Tensor | PCA] | None = None,
+    project: Mapping[str, torch.Tensor | Projection] | None = None,
     max_bytes: int | None = None,
     labels: torch.Tensor | None = None,
     seed: int | None = 0,
@@ -609,8 +478,9 @@ def hypercolumns(
         dtype: Output dtype, e.g. ``torch.float16``.
         normalize: ``None``, ``"l2"`` (each layer's block of every hypercolumn scaled to unit
             length), or layer name to ``(mean, std)`` ``(C,)`` tensors to standardise with.
-        project: Layer name to a ``(C_out, C_layer)`` matrix or a :class:`PCA` from
-            :func:`fit_pca`, applied before upsampling.
+        project: Layer name to a ``(C_out, C_layer)`` matrix or a
+            :class:`~hypercolumns.features.pca.PCA` from
+            :func:`~hypercolumns.features.pca.fit_pca`, applied before upsampling.
         max_bytes: Largest output to allocate; by default half the memory available now.
         labels: ``(B, H, W)`` int labels: with ``points=N``, equal numbers of points per
             label present (negative labels are never sampled).
@@ -626,9 +496,7 @@ def hypercolumns(
         HypercolumnsError: Points outside the image, an output larger than ``max_bytes``, a
             dtype the device cannot do, or a bad ``normalize`` / ``project``.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InputSizeError(f"expected images of shape (B, C, H, W), got {got}")
+    image_batch(x)
     extractor = HypercolumnExtractor(
         model,
         layers,
@@ -642,68 +510,3 @@ def hypercolumns(
         max_bytes=max_bytes,
     )
     return extractor(x, points, labels=labels, seed=seed)
-
-
-def fit_pca(
-    model: nn.Module,
-    images: torch.Tensor | Iterable[torch.Tensor],
-    layers: LayerSpec,
-    *,
-    n_components: int | Mapping[str, int],
-    points: int = 256,
-    seed: int | None = 0,
-    align: Align = "rf",
-) -> dict[str, PCA]:
-    """Principal components of each layer's hypercolumn block, fitted on sampled pixels.
-
-    Args:
-        model: Any ``nn.Module`` taking ``(B, C, H, W)`` images; left as found.
-        images: A ``(B, C, H, W)`` batch, or an iterable of such batches.
-        layers: As for :func:`hypercolumns`.
-        n_components: Components per layer, or layer name to components.
-        points: Pixels sampled per image (global layers count once per image).
-        seed: Seed of the point sampling.
-        align: As for :func:`hypercolumns`.
-
-    Returns:
-        Layer name to :class:`PCA`, ready for ``hypercolumns(..., project=...)``.
-    """
-    batches = [images] if isinstance(images, torch.Tensor) else list(images)
-    extractors: dict[tuple[int, ...], HypercolumnExtractor] = {}
-    samples: dict[str, list[torch.Tensor]] = {}
-    for i, batch in enumerate(batches):
-        if not isinstance(batch, torch.Tensor) or batch.dim() != 4:
-            got = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
-            raise InputSizeError(f"images must be (B, C, H, W) batches, got {got}")
-        key = tuple(batch.shape[1:])
-        if key not in extractors:
-            extractors[key] = HypercolumnExtractor(
-                model, layers, key[1:], in_channels=key[0], align=align
-            )
-        ext = extractors[key]
-        n = min(points, key[1] * key[2])
-        result = ext(batch, n, seed=None if seed is None else seed + i)
-        for layer in result.layers:
-            block = result.of(layer.name).float()
-            rows = block[:, 0] if layer.rf is not None and layer.rf.is_global else block
-            samples.setdefault(layer.name, []).append(rows.reshape(-1, block.shape[-1]))
-    if not samples:
-        raise HypercolumnsError("fit_pca needs at least one batch of images")
-    fitted: dict[str, PCA] = {}
-    for name, parts in samples.items():
-        data = torch.cat(parts)
-        k = n_components if isinstance(n_components, int) else n_components.get(name)
-        if k is None:
-            raise HypercolumnsError(f"n_components gives no number for layer {name!r}")
-        limit = min(data.shape)
-        if not 1 <= k <= limit:
-            raise HypercolumnsError(
-                f"n_components={k} for layer {name!r} must lie in 1..{limit}: it has "
-                f"{data.shape[1]} channels and {data.shape[0]} samples; sample more points or "
-                "images, or ask for fewer components"
-            )
-        mean = data.mean(0)
-        _, s, vh = torch.linalg.svd(data - mean, full_matrices=False)
-        variance = s[:k] ** 2 / max(data.shape[0] - 1, 1)
-        fitted[name] = PCA(mean=mean, components=vh[:k].contiguous(), explained_variance=variance)
-    return fitted

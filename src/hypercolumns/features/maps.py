@@ -24,14 +24,14 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from hypercolumns._checks import image_batch, parse_size
 from hypercolumns._forward import StopForward, evaluating, first_tensor, hooked
 from hypercolumns.errors import HypercolumnsError, InputSizeError, LayerNotFoundError, ModelError
+from hypercolumns.models import input_channels
 from hypercolumns.rf.geometry import ReceptiveField
 from hypercolumns.rf.layers import (
     Layer,
     LayerSpec,
-    first_conv_channels,
-    parse_size,
     select,
     spec_items,
 )
@@ -51,15 +51,11 @@ def _class_token(base: Layer, input_size: tuple[int, int]) -> Layer:
             f"(B, 1 + N, C) with a class token in front, as vision-transformer blocks have; "
             f"{base.name!r} has output shape {base.shape}"
         )
-    rest = [s for d, s in enumerate(base.shape, start=1) if d != layout.y]
-    channels = 1
-    for s in rest:
-        channels *= s
     return Layer(
         index=None,
         name=base.name + CLS,
         type=base.type,
-        shape=(channels,),
+        shape=(base.channels,),
         rf=ReceptiveField.whole(*input_size),
         layout=None,
     )
@@ -135,7 +131,7 @@ class FeatureExtractor:
     ) -> None:
         self.model = model
         self.input_size = parse_size(input_size)
-        self.in_channels = first_conv_channels(model) if in_channels is None else int(in_channels)
+        self.in_channels = input_channels(model) if in_channels is None else int(in_channels)
         if available is None:
             available = list_layers(model, self.input_size, in_channels=self.in_channels)
         self.available = list(available)
@@ -304,8 +300,6 @@ def feature_maps(
         LayerNotFoundError: A layer is unknown or given twice (the message lists near names).
         InputSizeError: ``x`` is not a ``(B, C, H, W)`` batch.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InputSizeError(f"expected images of shape (B, C, H, W), got {got}")
+    image_batch(x)
     extractor = FeatureExtractor(model, layers, tuple(x.shape[-2:]), in_channels=x.shape[1])
     return extractor(x, as_maps=as_maps)

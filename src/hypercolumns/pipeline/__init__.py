@@ -39,19 +39,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from hypercolumns._checks import size_spec
 from hypercolumns._version import __version__
 from hypercolumns.errors import HypercolumnsError, ImageError, StoreError
+from hypercolumns.features.align import Align
 from hypercolumns.features.bands import BandedHypercolumns, working_set
-from hypercolumns.features.columns import Align, HypercolumnExtractor, _sample
-from hypercolumns.images import (
-    _crop,
-    _per_channel,
-    _resize,
-    _size_spec,
-    load_image,
-    model_normalization,
-    read_image,
-)
+from hypercolumns.features.columns import HypercolumnExtractor
+from hypercolumns.features.points import sample_points
+from hypercolumns.images import cropped, load_image, per_channel, read_image, resized
 from hypercolumns.io.store import (
     FORMAT,
     FORMAT_VERSION,
@@ -63,8 +58,13 @@ from hypercolumns.io.store import (
     open_writer,
     store_kind,
 )
-from hypercolumns.models import load_model
-from hypercolumns.rf.layers import first_conv_channels
+from hypercolumns.models import (
+    default_input_size,
+    input_channels,
+    load_model,
+    normalization,
+    weights_digest,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -363,9 +363,9 @@ def _mask(
         )
     t = torch.from_numpy(labels)[None, None].double()
     if options.resize is not None:
-        t = _resize(t, options.resize, "nearest")
+        t = resized(t, options.resize, "nearest")
     if options.crop is not None:
-        t = _crop(t, options.crop)
+        t = cropped(t, options.crop)
     out = t[0, 0].long()
     assert tuple(out.shape) == size
     return out
@@ -394,7 +394,9 @@ def decode(source: Source, options: DecodeOptions) -> Decoded:
             if source.mask is not None:
                 mask = _mask(source.mask, prep.original_size, prep.size, options)
             seed = _image_seed(options.seed, source.key)
-            pts = _sample(options.points, 1, prep.size, None if mask is None else mask[None], seed)
+            pts = sample_points(
+                options.points, 1, prep.size, None if mask is None else mask[None], seed
+            )
             points = pts[0].long()
             if mask is not None:
                 labels = mask[points[:, 0], points[:, 1]]
@@ -489,23 +491,10 @@ class Failure:
 def _reference_size(settings: Settings, model: nn.Module) -> tuple[int, int]:
     for spec in (settings.crop.partition(":")[2] if settings.crop else None, settings.resize):
         if spec:
-            parts = _size_spec(spec, "size")
+            parts = size_spec(spec, "size")
             if len(parts) == 2 or spec is not settings.resize:
                 return parts[0], parts[-1]
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and isinstance(cfg.get("input_size"), tuple | list):
-        return int(cfg["input_size"][1]), int(cfg["input_size"][2])
-    return 224, 224
-
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of the model's state dict (names, dtypes, shapes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    return default_input_size(model)
 
 
 class Extraction:
@@ -548,8 +537,8 @@ class Extraction:
                     **dict(settings.model_kwargs),
                 )
         self.model = model.to(self.device).eval()
-        norm = model_normalization(self.model)
-        channels = first_conv_channels(self.model)
+        norm = normalization(self.model)
+        channels = input_channels(self.model)
         user = settings.mean is not None or settings.std is not None
         reference = HypercolumnExtractor(
             self.model, settings.layers, _reference_size(settings, self.model),
@@ -559,10 +548,10 @@ class Extraction:
         self._reference = reference
         self.decode_options = DecodeOptions(
             channels=channels,
-            mean=_per_channel(
+            mean=per_channel(
                 norm.mean if settings.mean is None else settings.mean, channels, "mean"
             ),
-            std=_per_channel(norm.std if settings.std is None else settings.std, channels, "std"),
+            std=per_channel(norm.std if settings.std is None else settings.std, channels, "std"),
             interpolation=norm.interpolation,
             normalization="user" if user else norm.source,
             resize=settings.resize,

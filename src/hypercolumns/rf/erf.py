@@ -42,10 +42,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from hypercolumns._checks import parse_size, positive_int
 from hypercolumns._forward import StopForward, evaluating, first_tensor, hooked
 from hypercolumns.errors import HypercolumnsError, ImageError, InputSizeError, ModelError
+from hypercolumns.models import input_channels
 from hypercolumns.rf.geometry import ReceptiveField
-from hypercolumns.rf.layers import Layer, MapLayout, first_conv_channels, parse_size, select
+from hypercolumns.rf.layers import Layer, MapLayout, select
 from hypercolumns.rf.layers import layers as list_layers
 
 __all__ = [
@@ -324,12 +326,6 @@ def _unit(spec: Unit, layer: Layer, layout: MapLayout) -> tuple[int, int]:
     return i, j
 
 
-def _count(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HypercolumnsError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, total, size):
         yield start, min(start + size, total)
@@ -475,10 +471,10 @@ def erf(
             grid, ``samples``/``batch_size`` is not positive, or the unit's gradient is zero or
             not finite.
     """
-    samples = _count(samples, "samples")
-    batch_size = _count(batch_size, "batch_size")
+    samples = positive_int(samples, "samples")
+    batch_size = positive_int(batch_size, "batch_size")
     size = parse_size(input_size)
-    channels = first_conv_channels(model) if in_channels is None else int(in_channels)
+    channels = input_channels(model) if in_channels is None else int(in_channels)
     found = select(list_layers(model, size, in_channels=channels), layer)
     if len(found) != 1:
         names = ", ".join(f.name for f in found)

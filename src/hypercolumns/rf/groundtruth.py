@@ -50,10 +50,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from hypercolumns._checks import parse_size
 from hypercolumns._forward import StopForward, first_tensor
 from hypercolumns.errors import GeometryWarning, HypercolumnsError, LayerNotFoundError, closest
 from hypercolumns.rf.geometry import Axis
-from hypercolumns.rf.layers import Layer, MapLayout, layers, parse_size
+from hypercolumns.rf.layers import Layer, MapLayout, layers
 
 __all__ = [
     "GradientRF",

@@ -10,6 +10,7 @@ several times (torchvision's ResNet reuses ``relu``) is described by its first c
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from hypercolumns.errors import InputSizeError, LayerNotFoundError, ModelError, closest
+from hypercolumns._checks import parse_size
+from hypercolumns.errors import LayerNotFoundError, closest
+from hypercolumns.models import input_channels
 from hypercolumns.rf.geometry import ReceptiveField
 from hypercolumns.rf.trace import State, joined_axes, trace
 
-__all__ = ["Layer", "MapLayout", "first_conv_channels", "layers", "parse_size", "select"]
+__all__ = ["Layer", "MapLayout", "layers", "select"]
 
 LayerSpec = str | int | Sequence[str | int]
 
@@ -76,6 +79,14 @@ class Layer:
     def is_global(self) -> bool:
         return self.rf is not None and self.rf.is_global
 
+    @property
+    def channels(self) -> int:
+        """Values per position, what the layer adds to a hypercolumn: the product of its
+        non-spatial output dims (of all of them for a layer without a map layout)."""
+        layout = self.layout
+        spatial = set() if layout is None else {layout.y, layout.x}
+        return math.prod(s for d, s in enumerate(self.shape, start=1) if d not in spatial)
+
     def to_dict(self) -> dict[str, Any]:
         """The ``hypercolumns layers --format json`` record of this layer."""
         rf = self.rf
@@ -91,38 +102,6 @@ class Layer:
             "aligned": rf.aligned if rf else False,
             "uniform": rf.uniform if rf else False,
         }
-
-
-def parse_size(value: int | str | Sequence[int]) -> tuple[int, int]:
-    """``224``, ``"224"``, ``"224,320"`` or ``(224, 320)`` as ``(H, W)``."""
-    try:
-        if isinstance(value, str):
-            parts = [int(p) for p in value.replace("x", ",").split(",") if p.strip()]
-        elif isinstance(value, int):
-            parts = [value]
-        else:
-            parts = [int(p) for p in value]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise InputSizeError(f"input size must be H or H,W with positive integers, got {value!r}")
-    return parts[0], parts[1]
-
-
-def first_conv_channels(model: nn.Module) -> int:
-    """Input channels the model expects: from its timm config, else its first 2-D convolution."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and isinstance(cfg.get("input_size"), tuple | list):
-        return int(cfg["input_size"][0])
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-            return int(module.in_channels)
-    raise ModelError(
-        f"{type(model).__name__} has no 2-D convolution, so it does not look like an image "
-        "model; if it takes (B, N, H, W) images, pass in_channels=N (--in-channels N)"
-    )
 
 
 def _layout(state: State) -> MapLayout | None:
@@ -206,7 +185,7 @@ def layers(
         ModelError: The model is not an image model, or raised (the message names the module).
     """
     size = parse_size(input_size)
-    channels = first_conv_channels(model) if in_channels is None else int(in_channels)
+    channels = input_channels(model) if in_channels is None else int(in_channels)
     result = trace(model, size, channels)
     fields = _Fields(size)
     out: list[Layer] = []

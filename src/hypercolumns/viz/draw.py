@@ -35,8 +35,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import nn
 
+from hypercolumns._checks import int_at_least, parse_size
 from hypercolumns.errors import HypercolumnsError, InputSizeError
-from hypercolumns.rf.layers import Layer, parse_size
+from hypercolumns.rf.layers import Layer
 from hypercolumns.viz import plot
 
 __all__ = [
@@ -72,11 +73,6 @@ class Cell(StrEnum):
     ZERO = "zero"  # inserted between input cells by a transposed convolution
 
 
-def _check_int(name: str, value: object, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise HypercolumnsError(f"{name} must be an integer of at least {least}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class ConvSpec:
     """One 2-D convolution, the same along both axes, as ``torch.nn.Conv2d`` or
@@ -97,8 +93,8 @@ class ConvSpec:
 
     def __post_init__(self) -> None:
         for name, least in (("kernel", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
-            _check_int(name, getattr(self, name), least)
-        _check_int("output padding", self.output_padding, 0)
+            int_at_least(getattr(self, name), name, least)
+        int_at_least(self.output_padding, "output padding", 0)
         if self.output_padding and not self.transposed:
             raise HypercolumnsError(
                 f"output padding {self.output_padding} applies only to a transposed convolution"
@@ -144,7 +140,7 @@ class ConvSpec:
         Raises:
             InputSizeError: The input size is not positive, or the output would be empty.
         """
-        _check_int("input size", input_size, 1)
+        int_at_least(input_size, "input size", 1)
         n, p = input_size, self.padding
         if self.transposed:
             size = (n - 1) * self.stride - 2 * p + self.span + self.output_padding
@@ -636,7 +632,7 @@ def save(
     path = check_path(path, animated=not isinstance(figure, Figure))
     if isinstance(figure, Figure):
         return plot.save(figure, path, dpi=dpi)
-    _check_int("frames per second", fps, 1)
+    int_at_least(fps, "frames per second", 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".gif")
     os.close(fd)

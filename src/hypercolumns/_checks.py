@@ -1,0 +1,67 @@
+"""Argument guards shared across the package: one wording per kind of error.
+
+Sizes (``224``, ``"224,320"``, ``(224, 320)``), image batches ``(B, C, H, W)`` and positive
+integers are checked here, so every public function says the same thing about the same mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from hypercolumns.errors import HypercolumnsError, InputSizeError
+
+__all__ = ["image_batch", "int_at_least", "parse_size", "positive_int", "size_spec"]
+
+
+def parse_size(value: int | str | Sequence[int]) -> tuple[int, int]:
+    """``224``, ``"224"``, ``"224,320"`` or ``(224, 320)`` as ``(H, W)``."""
+    try:
+        if isinstance(value, str):
+            parts = [int(p) for p in value.replace("x", ",").split(",") if p.strip()]
+        elif isinstance(value, int):
+            parts = [value]
+        else:
+            parts = [int(p) for p in value]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise InputSizeError(f"input size must be H or H,W with positive integers, got {value!r}")
+    return parts[0], parts[1]
+
+
+def size_spec(text: str, what: str) -> list[int]:
+    """``"S"`` or ``"H,W"`` (``"HxW"``) as one or two positive integers; ``what`` names it."""
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) < 1:
+        raise InputSizeError(f"{what} must be S or H,W with positive integers, got {text!r}")
+    return parts
+
+
+def image_batch(x: object, what: str = "expected images of shape") -> torch.Tensor:
+    """``x`` if it is a ``(B, C, H, W)`` tensor, else :class:`InputSizeError` saying
+    ``"{what} (B, C, H, W), got {shape or type}"``."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputSizeError(f"{what} (B, C, H, W), got {got}")
+    return x
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` if it is an int (not a bool) of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HypercolumnsError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def int_at_least(value: object, name: str, least: int) -> int:
+    """``value`` if it is an int (not a bool) of at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise HypercolumnsError(f"{name} must be an integer of at least {least}, got {value!r}")
+    return value
