@@ -7,16 +7,14 @@ the destination only when complete, so a failure never leaves a half-written fil
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hypercolumns._atomic import staged
 from hypercolumns.errors import HypercolumnsError
 
 __all__ = ["SUFFIXES", "check_suffix", "write_npy", "write_tensors"]
@@ -37,32 +35,10 @@ def check_suffix(path: Path) -> str:
     return suffix
 
 
-@contextmanager
-def _staged(*paths: Path) -> Iterator[list[Path]]:
-    """Temporary files beside ``paths``; renamed onto them only if the block succeeds."""
-    temps: list[Path] = []
-    try:
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            temps.append(Path(name))
-        yield temps
-        umask = os.umask(0)
-        os.umask(umask)
-        for tmp in temps:
-            tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        for tmp, path in zip(temps, paths, strict=True):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-
-
 def write_npy(path: Path, array: torch.Tensor, metadata: Mapping[str, Any]) -> list[Path]:
     """``array`` to ``path`` and ``metadata`` to the sidecar ``path.json``; both or neither."""
     sidecar = path.with_name(path.name + ".json")
-    with _staged(path, sidecar) as (tmp, tmp_json):
+    with staged(path, sidecar) as (tmp, tmp_json):
         with tmp.open("wb") as fh:
             np.save(fh, array.detach().cpu().numpy(), allow_pickle=False)
         tmp_json.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
@@ -78,7 +54,7 @@ def write_tensors(
     """One entry per image: ``.safetensors`` keys ``STEM`` (and ``STEM/points``), metadata as
     JSON under the header key ``hypercolumns``; ``.pt`` a dict ``{"features": {STEM: ...},
     "points": {STEM: ...}, "metadata": {...}}`` loadable with ``weights_only=True``."""
-    with _staged(path) as (tmp,):
+    with staged(path) as (tmp,):
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import save_file
 

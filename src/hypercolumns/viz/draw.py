@@ -19,8 +19,6 @@ figure as PNG, PDF or SVG and an animation as GIF (Pillow).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -35,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import nn
 
+from hypercolumns._atomic import staged
 from hypercolumns._checks import int_at_least, parse_size
 from hypercolumns.errors import HypercolumnsError, InputSizeError
 from hypercolumns.rf.layers import Layer
@@ -633,16 +632,6 @@ def save(
     if isinstance(figure, Figure):
         return plot.save(figure, path, dpi=dpi)
     int_at_least(fps, "frames per second", 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".gif")
-    os.close(fd)
-    try:
+    with staged(path, suffix=".gif") as (tmp,):  # Pillow picks the format by the suffix
         figure.save(tmp, writer=PillowWriter(fps=fps), dpi=dpi, progress_callback=progress)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

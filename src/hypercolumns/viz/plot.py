@@ -11,8 +11,6 @@ Images are ``(C, H, W)`` (or ``(1, C, H, W)``, ``(H, W)``) tensors or arrays wit
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from hypercolumns._atomic import staged
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.rf.erf import ERF
 from hypercolumns.rf.layers import Layer
@@ -286,18 +285,8 @@ def save(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
         raise HypercolumnsError(
             f"cannot write a figure to {str(path)!r}: use a {', '.join(FORMATS)} file name"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=suffix[1:], dpi=dpi)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged(path) as (tmp,), tmp.open("wb") as fh:
+        fig.savefig(fh, format=suffix[1:], dpi=dpi)
     return path
 
 
