@@ -26,7 +26,7 @@ interleaved round after round:
   to the last). No goal: the Ray engine is for clusters; this measures its cost on one machine.
 
 The command line makes glibc's ``malloc`` keep freed memory for reuse
-(``hypercolumns.pipeline._allocator``); so does this script, for every method alike, before the
+(``hypercolumns._allocator``); so does this script, for every method alike, before the
 first one runs (``--default-malloc`` leaves glibc's defaults, to see what that is worth).
 
 Peak memory of banding: one 4096x4096 JPEG, vgg16 layers 3, 8, 15 (conv1_2, conv2_2, conv3_3
@@ -70,8 +70,8 @@ def _library() -> ModuleType:
 
 
 hc = _library()
+from hypercolumns._allocator import keep_freed_memory  # noqa: E402
 from hypercolumns.pipeline import Settings, run  # noqa: E402
-from hypercolumns.pipeline._allocator import keep_freed_memory  # noqa: E402
 
 MODEL, LAYERS, POINTS, RAY_BATCH = "torchvision:vgg16", [3, 8], 1024, 8
 

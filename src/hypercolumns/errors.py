@@ -1,4 +1,8 @@
-"""Exceptions and warnings. Every error a user can cause is a :class:`HypercolumnsError`."""
+"""Exceptions and warnings. Every error a user can cause is a :class:`HypercolumnsError`.
+
+Each subclass also derives from the builtin that fits it, so ``except ValueError`` (or
+``LookupError``, ``RuntimeError``) catches it too, as Python users expect.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ __all__ = [
     "InputSizeError",
     "LayerNotFoundError",
     "ModelError",
+    "OptionError",
     "StoreError",
     "WeightsError",
     "closest",
@@ -23,27 +28,31 @@ class HypercolumnsError(Exception):
     to do instead. The command-line tool prints it as one line and exits non-zero."""
 
 
-class ImageError(HypercolumnsError):
+class OptionError(HypercolumnsError, ValueError):
+    """An argument has a value the function cannot take (a bad choice, count, shape or type)."""
+
+
+class ImageError(HypercolumnsError, ValueError):
     """An image file cannot be read, or cannot be made into an input for the model."""
 
 
-class ModelError(HypercolumnsError):
+class ModelError(HypercolumnsError, ValueError):
     """A model spec cannot be resolved, built, or run."""
 
 
-class WeightsError(HypercolumnsError):
+class WeightsError(HypercolumnsError, ValueError):
     """A weights file cannot be read or does not fit the model."""
 
 
-class LayerNotFoundError(HypercolumnsError):
+class LayerNotFoundError(HypercolumnsError, LookupError):
     """A layer name, index or pattern matches no layer of the model."""
 
 
-class InputSizeError(HypercolumnsError):
+class InputSizeError(HypercolumnsError, ValueError):
     """The input is too small for the model, or otherwise of the wrong shape."""
 
 
-class StoreError(HypercolumnsError):
+class StoreError(HypercolumnsError, RuntimeError):
     """An on-disk store cannot be created, written or read, or belongs to another run."""
 
 

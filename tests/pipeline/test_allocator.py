@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from hypercolumns.pipeline._allocator import keep_freed_memory
+from hypercolumns._allocator import keep_freed_memory
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -17,7 +17,7 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 # process still holds (resident pages, from /proc/self/statm).
 _PROBE = """
 import ctypes, os, sys
-from hypercolumns.pipeline._allocator import keep_freed_memory
+from hypercolumns._allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

@@ -16,9 +16,9 @@ from rich.progress import ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
 
+from hypercolumns._allocator import keep_freed_memory
 from hypercolumns._version import __version__
 from hypercolumns.errors import HypercolumnsError
-from hypercolumns.pipeline._allocator import keep_freed_memory
 
 app = typer.Typer(
     name="hypercolumns",
@@ -1281,7 +1281,7 @@ def demo(
 
 def main() -> None:
     """Entry point: run the app; print library errors as one line and exit non-zero."""
-    keep_freed_memory()  # this process is ours: see hypercolumns.pipeline._allocator
+    keep_freed_memory()  # this process is ours: see hypercolumns._allocator
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.showwarning = _show_warning

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hypercolumns._allocator import keep_freed_memory
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.io.store import DenseSlot, DenseWriter, ImageResult
 from hypercolumns.models import load_model
@@ -56,7 +57,6 @@ from hypercolumns.pipeline import (
     _split_whole,
     decode,
 )
-from hypercolumns.pipeline._allocator import keep_freed_memory
 
 __all__ = ["require", "run"]
 
