@@ -183,3 +183,11 @@ def test_preprocessing_record_is_json_ready(tmp_path: Path) -> None:
     assert record["size"] == [8, 8]
     assert record["mode"] == "L"
     assert record["path"] == str(path)
+
+
+@pytest.mark.parametrize("mean", [[float("nan")], [0.5, float("inf"), 0.5]])
+def test_non_finite_mean_is_refused(tmp_path: Path, mean: list[float]) -> None:
+    """L18: a NaN mean made every feature NaN without a word; std was already checked."""
+    path = _save(tmp_path, "a.png", Image.new("RGB", (8, 8)))
+    with pytest.raises(ImageError, match=r"mean must be finite, got \[.*nan|inf"):
+        load_image(path, mean=mean)

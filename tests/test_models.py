@@ -127,3 +127,67 @@ def test_unreadable_weights(tmp_path: Path) -> None:
     other.write_bytes(b"")
     with pytest.raises(WeightsError, match=r"expected \.safetensors, \.pt or \.pth"):
         hc.load_model(f"{TINY}:tiny", weights=other)
+
+
+def test_a_failing_factory_names_the_spec() -> None:
+    """M6 / M12: the factory's own error, with the spec and the arguments it was given."""
+    with pytest.raises(ModelError, match=r"building '.*tiny_models\.py:tiny' with arguments "
+                       r"\{'classes': -3\} failed: RuntimeError: .*negative"):  # fmt: skip
+        hc.load_model(f"{TINY}:tiny", classes=-3)
+
+
+def test_a_factory_failing_without_a_message_says_so() -> None:
+    """M11: timm rejects output_stride=7 with a bare assertion; the reason is never empty."""
+    with pytest.raises(
+        ModelError,
+        match=r"timm could not build 'resnet18' with arguments \{'output_stride': 7\}: "
+        r"AssertionError: \(no message\)",
+    ):
+        hc.load_model("timm:resnet18", output_stride=7)
+
+
+def test_pretrained_timm_fails_fast_when_no_hub_answers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """M14: an unreachable hub (here a closed port on this machine) means cached weights only,
+    at once, instead of huggingface_hub's minute of retries and 20 log lines."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match=r"cannot download pretrained weights for 'timm:resnet18'"):
+        hc.load_model("timm:resnet18", pretrained=True)
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
+
+
+def test_a_checkpoint_with_objects_is_refused_in_our_words(tmp_path: Path) -> None:
+    """W2: say that the file holds Python objects, was not unpickled, and how to convert it;
+    never PyTorch's advice to pass weights_only=False."""
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(1), "obj": Path("x")}, path)
+    with pytest.raises(WeightsError) as info:
+        hc.load_model(f"{TINY}:tiny", weights=path)
+    text = str(info.value)
+    assert "holds Python objects (pathlib.PosixPath)" in text
+    assert "was not unpickled" in text and "FILE.safetensors" in text
+    assert "\x1b[" not in text and "Re-running" not in text
+
+
+def test_a_truncated_checkpoint_says_so(tmp_path: Path) -> None:
+    """W7."""
+    path = tmp_path / "w.pt"
+    torch.save(hc.load_model(f"{TINY}:tiny").state_dict(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(WeightsError, match=r"truncated, or not a PyTorch checkpoint"):
+        hc.load_model(f"{TINY}:tiny", weights=path)
+
+
+def test_non_finite_weights_are_loaded_with_a_warning(tmp_path: Path) -> None:
+    """W8: NaN weights are the user's to keep, but never silently."""
+    state = hc.load_model(f"{TINY}:tiny").state_dict()
+    state["0.weight"] = torch.full_like(state["0.weight"], float("nan"))
+    path = tmp_path / "nan.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    with pytest.warns(RuntimeWarning, match=r"NaN or infinite values: tensors \(1\): 0\.weight"):
+        hc.load_model(f"{TINY}:tiny", weights=path)

@@ -259,6 +259,8 @@ def load_image(
     std_c = per_channel(norm.std if std is None else std, channels, "std")
     if any(s == 0 or not math.isfinite(s) for s in std_c):
         raise ImageError(f"std must be finite and non-zero, got {list(std_c)}")
+    if not all(math.isfinite(m) for m in mean_c):
+        raise ImageError(f"mean must be finite, got {list(mean_c)}")
 
     img, mode, exif_transposed = _read(Path(path))
     arr, scale, composited = _pixels(img)

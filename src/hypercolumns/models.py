@@ -15,15 +15,21 @@ mean and std that all their weights use; other models get mean 0, std 1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import pickle
+import re
+import socket
 import sys
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -99,7 +105,13 @@ def load_model(
                 f"pretrained=True works with timm: and torchvision: specs only; "
                 f"for {spec!r} pass weights=FILE (--weights FILE)"
             )
-        model = _call(spec, _factory(kind, name), kwargs)
+        factory = _factory(kind, name)
+        try:
+            model = _call(spec, factory, kwargs)
+        except ModelError:
+            raise
+        except Exception as err:
+            raise ModelError(f"building {spec!r}{_with(kwargs)} failed: {_reason(err)}") from err
     if weights is not None:
         load_weights(model, weights)
     return model.eval()
@@ -124,6 +136,17 @@ def _torchvision_names() -> list[str]:
     import torchvision
 
     return list(torchvision.models.list_models())
+
+
+def _with(kwargs: Mapping[str, Any]) -> str:
+    return f" with arguments {dict(kwargs)}" if kwargs else ""
+
+
+def _reason(err: BaseException) -> str:
+    """``Type: first line of the message``, saying so when there is no message."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else "(no message)"
+    return f"{type(err).__name__}: {first[:300]}"
 
 
 def _call(spec: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> nn.Module:
@@ -156,6 +179,35 @@ def _is_network_error(err: BaseException) -> bool:
     return False
 
 
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable(pretrained: bool) -> Iterator[None]:
+    """Put huggingface_hub in offline mode (cached weights only) when its endpoint cannot be
+    reached within seconds: its own retries would take about a minute and print 20 lines."""
+    if not pretrained:
+        yield
+        return
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if constants.HF_HUB_OFFLINE or _reachable(host):
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def _timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
@@ -168,9 +220,10 @@ def _timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
             + " (see timm.list_models())"
         )
     try:
-        return _call(
-            spec, lambda **kw: timm.create_model(name, pretrained=pretrained, **kw), kwargs
-        )
+        with _hub_offline_unless_reachable(pretrained):
+            return _call(
+                spec, lambda **kw: timm.create_model(name, pretrained=pretrained, **kw), kwargs
+            )
     except ModelError:
         raise
     except Exception as err:
@@ -178,7 +231,7 @@ def _timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
             raise _pretrained_error(spec, err) from err
         if pretrained and isinstance(err, RuntimeError | OSError):
             raise _pretrained_error(spec, err) from err
-        raise ModelError(f"timm could not build {name!r}: {err}") from err
+        raise ModelError(f"timm could not build {name!r}{_with(kwargs)}: {_reason(err)}") from err
 
 
 def _torchvision(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -206,7 +259,9 @@ def _torchvision(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
     except Exception as err:
         if pretrained and (_is_network_error(err) or isinstance(err, OSError)):
             raise _pretrained_error(spec, err) from err
-        raise ModelError(f"torchvision could not build {name!r}: {err}") from err
+        raise ModelError(
+            f"torchvision could not build {name!r}{_with(kwargs)}: {_reason(err)}"
+        ) from err
 
 
 def _factory(module: str, attr: str) -> Callable[..., Any]:
@@ -246,6 +301,24 @@ def _factory(module: str, attr: str) -> Callable[..., Any]:
     return factory  # type: ignore[no-any-return]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _refused(path: Path, err: Exception) -> str:
+    """Why a checkpoint was not loaded: it holds Python objects, which only unpickling (that
+    is, running code from the file) could rebuild; and how to turn it into plain tensors."""
+    found = re.findall(r"GLOBAL ([\w.]+)", str(err))
+    objects = f" ({', '.join(dict.fromkeys(found))})" if found else ""
+    return (
+        f"cannot read weights file {str(path)!r}: it holds Python objects{objects} besides "
+        "tensors, and was not unpickled because that could run code from the file. If you "
+        'trust it, convert it once to plain tensors: python -c "import torch; from '
+        "safetensors.torch import save_file; sd = torch.load('FILE', weights_only=False); "
+        "save_file({k: v.contiguous() for k, v in sd.items()}, 'FILE.safetensors')\" "
+        "(take sd['state_dict'] if it is a training checkpoint)"
+    )
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
@@ -261,9 +334,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"weights file {str(path)!r}: expected .safetensors, .pt or .pth")
     except WeightsError:
         raise
+    except pickle.UnpicklingError as err:
+        raise WeightsError(_refused(path, err)) from err
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"cannot read weights file {str(path)!r}: {first[:300]}") from err
+        first = _ANSI.sub("", str(err)).strip().splitlines()
+        reason = first[0][:300] if first else type(err).__name__
+        what = " (truncated, or not a PyTorch checkpoint?)" if suffix != ".safetensors" else ""
+        raise WeightsError(f"cannot read weights file {str(path)!r}{what}: {reason}") from err
     for key in ("state_dict", "model", "model_state_dict", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -308,6 +385,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         ]
         raise WeightsError(f"weights {str(path)!r} do not fit the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        warnings.warn(
+            f"weights {str(path)!r} hold NaN or infinite values: "
+            f"{_listing('tensors', bad)}; features computed with them will not be finite",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 # -- what a model expects ----------------------------------------------------------------------
