@@ -27,6 +27,7 @@ from hypercolumns.errors import HypercolumnsError, StoreError
 from hypercolumns.features.bands import BandedHypercolumns
 from hypercolumns.features.columns import Align, HypercolumnExtractor
 from hypercolumns.io import store as st
+from hypercolumns.io.store import _book
 from hypercolumns.pipeline import Decoded, Settings, Source, batches, expand_inputs, run
 from tests.cli.test_cli import assert_one_line_error
 from tests.cli.test_cli import run as cli
@@ -291,7 +292,7 @@ def test_unwritable_or_full_store(
             run([folder], locked / "x.zarr", Settings(TINY, "1"))
     # the disk fills up at the third image: the first two stay, a rerun completes the store
     out = tmp_path / "full.zarr"
-    real, seen = st._fsync_tree, {"n": 0}
+    real, seen = _book.fsync_tree, {"n": 0}
 
     def disk_full(root: Path) -> None:
         seen["n"] += "staging" in root.parts
@@ -299,7 +300,7 @@ def test_unwritable_or_full_store(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(root)
 
-    monkeypatch.setattr(st, "_fsync_tree", disk_full)
+    monkeypatch.setattr(_book, "fsync_tree", disk_full)
     with pytest.raises(StoreError, match="No space left on device; it keeps the 2 images"):
         run([folder], out, Settings(TINY, "1"), batch_size=1)
     monkeypatch.undo()
@@ -483,7 +484,7 @@ def test_killed_dense_run_then_rerun_equals_a_clean_run(
     assert sorted(a) == sorted(b) == [f"{i:02d}.png" for i in range(30)]
     for key in a:
         np.testing.assert_array_equal(a[key][:], b[key][:])
-    manifest_keys = [img["key"] for c in st._read_lines(killed / st.BOOK / "manifest.jsonl")
+    manifest_keys = [img["key"] for c in _book.read_lines(killed / st.BOOK / "manifest.jsonl")
                      for img in c["images"]]  # fmt: skip
     assert sorted(manifest_keys) == sorted(a)  # each image committed once
     arrays = [
