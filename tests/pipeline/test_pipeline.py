@@ -22,13 +22,12 @@ from PIL import Image
 from torch import nn
 
 import hypercolumns as hc
-from hypercolumns import pipeline
 from hypercolumns.errors import HypercolumnsError, StoreError
 from hypercolumns.features.bands import BandedHypercolumns
 from hypercolumns.features.columns import Align, HypercolumnExtractor
 from hypercolumns.io import store as st
 from hypercolumns.io.store import _book
-from hypercolumns.pipeline import Decoded, Settings, Source, batches, expand_inputs, run
+from hypercolumns.pipeline import Decoded, Settings, Source, _local, batches, expand_inputs, run
 from tests.cli.test_cli import assert_one_line_error
 from tests.cli.test_cli import run as cli
 from tests.conftest import HERE, TINY
@@ -211,7 +210,7 @@ def test_defaults_on_a_cpu_decode_here_one_image_at_a_time(
     ) -> None:
         seen.append((workers, batch_size))
 
-    monkeypatch.setattr(pipeline, "_run_local", record)
+    monkeypatch.setattr(_local, "run", record)
     settings = Settings(TINY, "1,4", points=7)
     run([folder], tmp_path / "a.parquet", settings, device="cpu")
     run([folder], tmp_path / "b.parquet", settings, device="cpu", workers=2, batch_size=4)
