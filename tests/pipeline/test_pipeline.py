@@ -27,7 +27,17 @@ from hypercolumns.features.bands import BandedHypercolumns
 from hypercolumns.features.columns import Align, HypercolumnExtractor
 from hypercolumns.io import store as st
 from hypercolumns.io.store import _book
-from hypercolumns.pipeline import Decoded, Settings, Source, _local, batches, expand_inputs, run
+from hypercolumns.pipeline import (
+    Decoded,
+    Settings,
+    Source,
+    _local,
+    batches,
+    expand_inputs,
+    image_files,
+    is_image_file,
+    run,
+)
 from tests.cli.test_cli import assert_one_line_error
 from tests.cli.test_cli import run as cli
 from tests.conftest import HERE, TINY
@@ -126,6 +136,32 @@ def test_expand_errors(tmp_path: Path, case: str, match: str) -> None:
     }[case]
     with pytest.raises(HypercolumnsError, match=match):
         expand_inputs(inputs)
+
+
+def test_what_an_image_file_is() -> None:
+    assert is_image_file("a/B.JPEG")
+    assert not is_image_file("notes.md")
+
+
+def test_the_image_lister_can_stay_in_one_folder(tmp_path: Path) -> None:
+    for name in ["b.png", "a.TIF", ".hidden.png", "sub/c.jpg"]:
+        picture(tmp_path / name, (4, 4), 0)
+    (tmp_path / "notes.md").write_text("not an image")
+    assert image_files(tmp_path, recursive=False) == [tmp_path / "a.TIF", tmp_path / "b.png"]
+    assert image_files(tmp_path)[-1] == tmp_path / "sub" / "c.jpg"
+
+
+def test_settings_are_hashable_and_keep_their_own_kwargs() -> None:
+    kwargs = {"img_size": [32, 32], "num_classes": 0}
+    a = Settings(TINY, ["1", "4"], model_kwargs=kwargs, size=(8, 8))
+    b = Settings(TINY, ["1", "4"], model_kwargs=dict(kwargs), size=(8, 8))
+    assert a == b
+    assert hash(a) == hash(b)
+    assert len({a, b, Settings(TINY, "1,4")}) == 2
+    kwargs["num_classes"] = 10
+    assert a.model_kwargs == {"img_size": [32, 32], "num_classes": 0}
+    with pytest.raises(TypeError):
+        a.model_kwargs["num_classes"] = 1  # type: ignore[index]
 
 
 def test_batches_group_by_size_and_bound_what_waits() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -15,15 +15,59 @@ from hypercolumns.io.store import Kind
 __all__ = ["Settings"]
 
 
+def _hashable(value: Any) -> Hashable:
+    """``value`` in a hashable form that equal values share: mappings as frozen sets of their
+    items, lists and tuples as tuples, sets as frozen sets, anything else as it is (so still
+    unhashable if it is, like a NumPy array)."""
+    if isinstance(value, Mapping):
+        return frozenset((k, _hashable(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, set | frozenset):
+        return frozenset(_hashable(v) for v in value)
+    hashable: Hashable = value
+    return hashable
+
+
+class _Kwargs(Mapping[str, Any]):
+    """Keyword arguments, read-only: a shallow copy of the mapping given, so that adding to or
+    replacing in that mapping later changes no :class:`Settings` (a list inside stays shared).
+    Equal to any mapping with the same items, hashable when its values are (lists and dicts
+    inside count by value), and it pickles (Ray sends settings to its actors)."""
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(_hashable(self._items))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a run computes; all of it but the weights' file name must match to continue a store.
+
+    Settings are frozen and hashable: ``model_kwargs`` is kept as a read-only (shallow) copy of
+    the mapping given, and a list given for ``layers``, ``size``, ``mean`` or ``std`` (or inside
+    ``model_kwargs``) is hashed by its items. Hashing fails only for a value that is unhashable
+    whatever holds it (a NumPy array in ``model_kwargs``).
 
     Attributes:
         model: Model spec (``timm:NAME``, ``torchvision:NAME``, ``module:factory``,
             ``file.py:factory``).
         layers: Layer spec: names, indices, globs, ``"3,8"``.
-        model_kwargs: Keyword arguments of the model factory.
+        model_kwargs: Keyword arguments of the model factory (kept read-only).
         weights: Local state dict to load (its SHA-256 is recorded, not its name).
         pretrained: Use the library's pretrained weights.
         points: ``None`` for dense hypercolumns (``.zarr``), else pixels sampled per image
@@ -65,6 +109,10 @@ class Settings:
                 "size sets the grid of dense hypercolumns; sparse points are input pixels, so "
                 "give one or the other"
             )
+        object.__setattr__(self, "model_kwargs", _Kwargs(self.model_kwargs))
+
+    def __hash__(self) -> int:  # the generated hash fails on a dict or a list
+        return hash(tuple(_hashable(getattr(self, f.name)) for f in fields(self)))
 
     @property
     def kind(self) -> Kind:
