@@ -89,17 +89,21 @@ def weights_digest(model: nn.Module) -> str:
 
 
 class _PlanCache(Generic[_Plan]):
-    """The planners built for the last few image sizes, the least recently used dropped first:
-    ``cache(size)`` gives the one for ``size``, built by ``build(size)`` when it is not there
-    (an error in ``build`` leaves nothing behind)."""
+    """The planners built for the last few image sizes, the least recently used dropped first.
 
-    def __init__(self, build: Callable[[tuple[int, int]], _Plan], capacity: int = _PLANS) -> None:
-        self._build, self._capacity = build, capacity
+    It holds no builder (an :class:`Extraction`'s would hold the extraction and its model in a
+    reference cycle); :meth:`get` takes one.
+    """
+
+    def __init__(self, capacity: int = _PLANS) -> None:
+        self._capacity = capacity
         self._plans: OrderedDict[tuple[int, int], _Plan] = OrderedDict()
 
-    def __call__(self, size: tuple[int, int]) -> _Plan:
+    def get(self, size: tuple[int, int], build: Callable[[tuple[int, int]], _Plan]) -> _Plan:
+        """The planner for ``size``, from ``build(size)`` when there is none (an error in
+        ``build`` leaves nothing behind)."""
         if size not in self._plans:
-            self._plans[size] = self._build(size)
+            self._plans[size] = build(size)
             if len(self._plans) > self._capacity:
                 self._plans.popitem(last=False)
         self._plans.move_to_end(size)
@@ -154,8 +158,8 @@ class Extraction:
         self.layers = [layer.name for layer in reference.layers]
         self._reference = reference
         self.decode_options = DecodeOptions.for_model(self.model, settings)
-        self._plan = _PlanCache(self._new_plan)
-        self._banded = _PlanCache(self._new_banded)
+        self._plans: _PlanCache[HypercolumnExtractor] = _PlanCache()
+        self._bands: _PlanCache[BandedHypercolumns] = _PlanCache()
         self._banding: str | None = None  # why bands cannot be used ("": they can)
 
     def config(self, *, labels: bool = False) -> dict[str, Any]:
@@ -199,8 +203,14 @@ class Extraction:
 
     # -- planning ------------------------------------------------------------------------------
 
+    def _plan(self, size: tuple[int, int]) -> HypercolumnExtractor:
+        return self._plans.get(size, self._new_plan)
+
+    def _banded(self, size: tuple[int, int]) -> BandedHypercolumns:
+        return self._bands.get(size, self._new_banded)
+
     def _new_plan(self, size: tuple[int, int]) -> HypercolumnExtractor:
-        """The extractor of whole ``size`` images (kept in ``self._plan``)."""
+        """The extractor of whole ``size`` images."""
         return HypercolumnExtractor(
             self.model, self.layers, size, in_channels=self.decode_options.channels,
             align=self.settings.align, size=self.settings.size,
@@ -208,7 +218,7 @@ class Extraction:
         )  # fmt: skip
 
     def _new_banded(self, size: tuple[int, int]) -> BandedHypercolumns:
-        """The extractor of ``size`` images in bands (kept in ``self._banded``)."""
+        """The extractor of ``size`` images in bands."""
         if self.settings.size is not None and tuple(self.settings.size) != size:
             raise HypercolumnsError(
                 f"a {size[0]}x{size[1]} image is too large to compute whole within "
