@@ -18,6 +18,7 @@ import zarr
 import hypercolumns as hc
 from hypercolumns.errors import StoreError
 from hypercolumns.io import store as st
+from hypercolumns.io.store import _book
 
 CHANNELS = {"a": [0, 3], "b": [3, 5]}
 
@@ -206,7 +207,7 @@ def test_a_failed_write_leaves_the_store_consistent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "d.zarr"
-    real = st._fsync_tree
+    real = _book.fsync_tree
     calls = {"n": 0}
 
     def disk_full(root: Path) -> None:
@@ -220,7 +221,7 @@ def test_a_failed_write_leaves_the_store_consistent(
             writer.write(dense("a"))
             writer.write(dense("b"))
 
-    monkeypatch.setattr(st, "_fsync_tree", disk_full)
+    monkeypatch.setattr(_book, "fsync_tree", disk_full)
     with pytest.raises(OSError, match="No space"):
         write_two()
     monkeypatch.undo()

@@ -22,13 +22,23 @@ from PIL import Image
 from torch import nn
 
 import hypercolumns as hc
-from hypercolumns import pipeline
 from hypercolumns.errors import HypercolumnsError, StoreError
 from hypercolumns.features.bands import BandedHypercolumns
 from hypercolumns.features.columns import Align, HypercolumnExtractor
 from hypercolumns.io import store as st
+from hypercolumns.io.store import _book
 from hypercolumns.models import weights_digest
-from hypercolumns.pipeline import Decoded, Settings, Source, batches, expand_inputs, run
+from hypercolumns.pipeline import (
+    Decoded,
+    Settings,
+    Source,
+    _local,
+    batches,
+    expand_inputs,
+    image_files,
+    is_image_file,
+    run,
+)
 from tests.cli.test_cli import assert_one_line_error
 from tests.cli.test_cli import run as cli
 from tests.conftest import HERE, TINY
@@ -129,6 +139,32 @@ def test_expand_errors(tmp_path: Path, case: str, match: str) -> None:
         expand_inputs(inputs)
 
 
+def test_what_an_image_file_is() -> None:
+    assert is_image_file("a/B.JPEG")
+    assert not is_image_file("notes.md")
+
+
+def test_the_image_lister_can_stay_in_one_folder(tmp_path: Path) -> None:
+    for name in ["b.png", "a.TIF", ".hidden.png", "sub/c.jpg"]:
+        picture(tmp_path / name, (4, 4), 0)
+    (tmp_path / "notes.md").write_text("not an image")
+    assert image_files(tmp_path, recursive=False) == [tmp_path / "a.TIF", tmp_path / "b.png"]
+    assert image_files(tmp_path)[-1] == tmp_path / "sub" / "c.jpg"
+
+
+def test_settings_are_hashable_and_keep_their_own_kwargs() -> None:
+    kwargs = {"img_size": [32, 32], "num_classes": 0}
+    a = Settings(TINY, ["1", "4"], model_kwargs=kwargs, size=(8, 8))
+    b = Settings(TINY, ["1", "4"], model_kwargs=dict(kwargs), size=(8, 8))
+    assert a == b
+    assert hash(a) == hash(b)
+    assert len({a, b, Settings(TINY, "1,4")}) == 2
+    kwargs["num_classes"] = 10
+    assert a.model_kwargs == {"img_size": [32, 32], "num_classes": 0}
+    with pytest.raises(TypeError):
+        a.model_kwargs["num_classes"] = 1  # type: ignore[index]
+
+
 def test_batches_group_by_size_and_bound_what_waits() -> None:
     def item(key: str, h: int) -> Decoded:
         return Decoded(Source(key, Path(key)), torch.zeros(3, h, 4), {})
@@ -211,7 +247,7 @@ def test_defaults_on_a_cpu_decode_here_one_image_at_a_time(
     ) -> None:
         seen.append((workers, batch_size))
 
-    monkeypatch.setattr(pipeline, "_run_local", record)
+    monkeypatch.setattr(_local, "run", record)
     settings = Settings(TINY, "1,4", points=7)
     run([folder], tmp_path / "a.parquet", settings, device="cpu")
     run([folder], tmp_path / "b.parquet", settings, device="cpu", workers=2, batch_size=4)
@@ -292,7 +328,7 @@ def test_unwritable_or_full_store(
             run([folder], locked / "x.zarr", Settings(TINY, "1"))
     # the disk fills up at the third image: the first two stay, a rerun completes the store
     out = tmp_path / "full.zarr"
-    real, seen = st._fsync_tree, {"n": 0}
+    real, seen = _book.fsync_tree, {"n": 0}
 
     def disk_full(root: Path) -> None:
         seen["n"] += "staging" in root.parts
@@ -300,7 +336,7 @@ def test_unwritable_or_full_store(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(root)
 
-    monkeypatch.setattr(st, "_fsync_tree", disk_full)
+    monkeypatch.setattr(_book, "fsync_tree", disk_full)
     with pytest.raises(StoreError, match="No space left on device; it keeps the 2 images"):
         run([folder], out, Settings(TINY, "1"), batch_size=1)
     monkeypatch.undo()
@@ -484,7 +520,7 @@ def test_killed_dense_run_then_rerun_equals_a_clean_run(
     assert sorted(a) == sorted(b) == [f"{i:02d}.png" for i in range(30)]
     for key in a:
         np.testing.assert_array_equal(a[key][:], b[key][:])
-    manifest_keys = [img["key"] for c in st._read_lines(killed / st.BOOK / "manifest.jsonl")
+    manifest_keys = [img["key"] for c in _book.read_lines(killed / st.BOOK / "manifest.jsonl")
                      for img in c["images"]]  # fmt: skip
     assert sorted(manifest_keys) == sorted(a)  # each image committed once
     arrays = [

@@ -23,7 +23,8 @@ from PIL import Image
 import hypercolumns as hc
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.io import store as st
-from hypercolumns.pipeline import Extraction, Settings, _ray, _Sink, decode, expand_inputs, run
+from hypercolumns.pipeline import Extraction, Settings, _ray, decode, expand_inputs, run
+from hypercolumns.pipeline._sink import Sink
 from tests import tiny_models
 from tests.cli.test_cli import assert_one_line_error
 from tests.cli.test_cli import run as cli
@@ -276,7 +277,7 @@ def test_the_driver_keeps_the_first_copy_of_what_a_retried_task_sends_again(
     ]
     calls: list[tuple[int, int]] = []
     with st.open_writer(tmp_path / "d.zarr", store_config()) as writer:
-        sink = _Sink(writer, 3, lambda *a: calls.append(a))
+        sink = Sink(writer, 3, lambda *a: calls.append(a))
         driver = _ray._Driver(sink, sparse=False, labels=False)
         for event in events:
             driver.take(_row(event))
@@ -293,7 +294,7 @@ def test_a_band_that_fails_discards_its_image(tmp_path: Path) -> None:
     big = np.ones((5, 6, 3), np.float16)
     layout = {"shape": [5, 6, 3], "record": {}, "chunk_rows": 2}
     with st.open_writer(tmp_path / "d.zarr", store_config()) as writer:
-        driver = _ray._Driver(_Sink(writer, 1, None), sparse=False, labels=False)
+        driver = _ray._Driver(Sink(writer, 1, None), sparse=False, labels=False)
         driver.take(_row(_ray._event("b", "band", {**layout, "row": 0}, big[:, :2])))
         driver.take(_row(_ray._event("b", "failed", {"source": "b", "reason": "no"}, big[:0])))
         driver.take(_row(_ray._event("c", "band", {**layout, "row": 0}, big[:, :2])))

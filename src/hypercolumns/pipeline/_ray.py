@@ -44,19 +44,11 @@ from hypercolumns._allocator import keep_freed_memory
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.io.store import DenseSlot, DenseWriter, ImageResult
 from hypercolumns.models import load_model
-from hypercolumns.pipeline import (
-    Decoded,
-    DecodeOptions,
-    Extraction,
-    Failure,
-    Settings,
-    Source,
-    _BandLayout,
-    _reason,
-    _Sink,
-    _split_whole,
-    decode,
-)
+from hypercolumns.pipeline._sink import BandLayout, Sink, split_whole
+from hypercolumns.pipeline.decoding import Decoded, DecodeOptions, decode
+from hypercolumns.pipeline.extraction import Extraction, Failure, failure_of, reason
+from hypercolumns.pipeline.settings import Settings
+from hypercolumns.pipeline.sources import Source
 
 __all__ = ["require", "run"]
 
@@ -163,7 +155,7 @@ class _Model:
 
     def __call__(self, batch: Batch) -> Iterator[Batch]:
         items = [_unpack(batch, i, self.sparse) for i in range(len(batch["key"]))]
-        whole, banded = _split_whole(self.extraction, items)
+        whole, banded = split_whole(self.extraction, items)
         for result in self.extraction(whole):
             yield self._out(result)
         for item in banded:
@@ -179,16 +171,16 @@ class _Model:
 
     def _bands(self, item: Decoded) -> Iterator[Batch]:
         try:
-            layout = _BandLayout.of(self.extraction, item)
+            layout = BandLayout.of(self.extraction, item)
         except HypercolumnsError as err:
-            yield self._out(Extraction._failure(item, _reason(err)))
+            yield self._out(failure_of(item, err))
             return
         info = {"shape": layout.shape, "record": layout.record, "chunk_rows": layout.chunk_rows}
         try:
             for r0, band in self.extraction.bands(item):
                 yield _event(item.source.key, "band", {**info, "row": r0}, band)
         except Exception as err:  # as the local engine: the image fails, the run goes on
-            yield self._out(Extraction._failure(item, _reason(err)))
+            yield self._out(failure_of(item, err))
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -197,7 +189,7 @@ class _Model:
 class _Driver:
     """Writes the model stage's rows into the store through the run's sink."""
 
-    def __init__(self, sink: _Sink, sparse: bool, labels: bool) -> None:
+    def __init__(self, sink: Sink, sparse: bool, labels: bool) -> None:
         self.sink, self.sparse, self.labels = sink, sparse, labels
         self.finished: set[str] = set()
         self.slots: dict[str, tuple[DenseSlot, set[int]]] = {}
@@ -290,7 +282,7 @@ def _why(err: BaseException) -> str:
     lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
     if len(lines) > 1 and not isinstance(err, HypercolumnsError):
         return lines[-1]  # a worker's traceback, as text: its last line names the error
-    return _reason(err)
+    return reason(err)
 
 
 def _pool(
@@ -360,7 +352,7 @@ def _connected(address: str | None) -> Iterator[ModuleType]:
 def run(
     todo: Sequence[Source],
     extraction: Extraction,
-    sink: _Sink,
+    sink: Sink,
     *,
     address: str | None,
     device: str,

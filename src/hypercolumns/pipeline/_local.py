@@ -1,0 +1,109 @@
+"""The local engine of :func:`hypercolumns.pipeline.run`: images decoded in
+``torch.utils.data.DataLoader`` worker processes (:func:`decoded`), grouped into batches of one
+size (:func:`batches`), and the model run in this process, which writes the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from hypercolumns.pipeline._sink import Sink, split_whole, write_banded
+from hypercolumns.pipeline.decoding import Decoded, DecodeOptions, decode
+from hypercolumns.pipeline.extraction import Extraction
+from hypercolumns.pipeline.sources import Source
+
+__all__ = ["batches", "decoded", "run"]
+
+
+class _Decoding(torch.utils.data.Dataset[Decoded]):
+    def __init__(self, sources: Sequence[Source], options: DecodeOptions) -> None:
+        self.sources, self.options = list(sources), options
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> Decoded:
+        return decode(self.sources[i], self.options)
+
+
+def _keep(item: Any) -> Any:
+    return item
+
+
+def _yield_to_the_model(worker: int) -> None:
+    """Decoding workers run at a lower priority than the model: when the cores are busy, an
+    image decoded a little later costs less than every thread of a forward pass waiting for
+    the one a worker pre-empted."""
+    with contextlib.suppress(OSError):
+        os.nice(5)
+
+
+def decoded(sources: Sequence[Source], options: DecodeOptions, workers: int) -> Iterator[Decoded]:
+    """Decode ``sources`` in order, in ``workers`` DataLoader processes (0: in this one)."""
+    if workers == 0:
+        for source in sources:
+            yield decode(source, options)
+        return
+    loader = torch.utils.data.DataLoader(
+        _Decoding(sources, options),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_keep,
+        prefetch_factor=2,
+        worker_init_fn=_yield_to_the_model,
+    )
+    yield from loader
+
+
+def batches(
+    items: Iterable[Decoded], batch_size: int, *, hold: int = 4, max_bytes: int | None = None
+) -> Iterator[list[Decoded]]:
+    """Group decoded images into batches of one size. At most ``hold * batch_size`` images, and
+    ``max_bytes`` of them, wait for their batch to fill; beyond, the fullest batch goes as it
+    is. Failed images come alone."""
+    buckets: dict[tuple[int, ...], list[Decoded]] = {}
+    limit = math.inf if max_bytes is None else max_bytes
+    waiting = waiting_bytes = 0
+    for item in items:
+        if item.image is None:
+            yield [item]
+            continue
+        shape = tuple(item.image.shape)
+        buckets.setdefault(shape, []).append(item)
+        waiting += 1
+        waiting_bytes += item.image.nbytes
+        while buckets and (
+            len(buckets.get(shape, ())) >= batch_size
+            or waiting >= hold * batch_size
+            or waiting_bytes >= limit
+        ):
+            full = shape if len(buckets.get(shape, ())) >= batch_size else None
+            done = buckets.pop(full or max(buckets, key=lambda s: len(buckets[s])))
+            waiting -= len(done)
+            waiting_bytes -= sum(d.image.nbytes for d in done if d.image is not None)
+            yield done
+    yield from buckets.values()
+
+
+def run(
+    todo: Sequence[Source], extraction: Extraction, sink: Sink, *, workers: int, batch_size: int
+) -> None:
+    """The local engine: decoding in DataLoader workers, the model in this process."""
+    items = decoded(todo, extraction.decode_options, workers)
+    for batch in batches(items, batch_size, max_bytes=extraction.max_memory // 2):
+        whole, banded = split_whole(extraction, batch)
+        for result in extraction(whole):
+            sink.put(result)
+        for item in banded:
+            failure = write_banded(extraction, sink.writer, item)
+            if failure is None:
+                sink.committed_in_bands()
+            else:
+                sink.put(failure)
+        sink.advance(len(batch))

@@ -1,0 +1,154 @@
+"""Decoding: a :class:`Source` in, a :class:`Decoded` image out, read, preprocessed and (for
+sparse stores) its points sampled, as :class:`DecodeOptions` say. It needs no model, so it runs
+in worker processes and Ray tasks, and it never raises: an unusable image carries its error.
+
+Points are sampled per image from a seed derived from the run's seed and the image's key, so
+an image gets the same points whatever batch or engine it lands in, in this run or a resumed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hypercolumns.errors import HypercolumnsError, ImageError
+from hypercolumns.features.points import sample_points
+from hypercolumns.images import cropped, load_image, per_channel, read_image, resized
+from hypercolumns.models import input_channels, normalization
+from hypercolumns.pipeline.settings import Settings
+from hypercolumns.pipeline.sources import Source
+
+__all__ = ["DecodeOptions", "Decoded", "decode"]
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Everything :func:`decode` needs, without the model (it runs in worker processes)."""
+
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    normalization: str
+    resize: str | None = None
+    crop: str | None = None
+    points: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def for_model(cls, model: nn.Module, settings: Settings) -> DecodeOptions:
+        """How to prepare images for ``model`` as ``settings`` say: the input channels it
+        takes, and the normalisation of ``settings`` or else its own.
+
+        Raises:
+            ModelError: The model's input channels cannot be told.
+            ImageError: The mean or std does not fit the channels.
+        """
+        norm = normalization(model)
+        channels = input_channels(model)
+        user = settings.mean is not None or settings.std is not None
+        return cls(
+            channels=channels,
+            mean=per_channel(
+                norm.mean if settings.mean is None else settings.mean, channels, "mean"
+            ),
+            std=per_channel(norm.std if settings.std is None else settings.std, channels, "std"),
+            interpolation=norm.interpolation,
+            normalization="user" if user else norm.source,
+            resize=settings.resize,
+            crop=settings.crop,
+            points=settings.points,
+            seed=settings.seed,
+        )
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image, ready for the model (or the reason it is not).
+
+    Attributes:
+        source: Where it came from.
+        image: ``(C, H, W)`` float32 normalised input, or ``None`` after an error.
+        record: JSON-ready facts stored with the image (source, mask, preprocessing).
+        points: Sparse: ``(N, 2)`` int64 ``(y, x)`` pixels to sample.
+        labels: Sparse with a mask: ``(N,)`` int64 label of each point.
+        error: Why the image cannot be used, or ``None``.
+    """
+
+    source: Source
+    image: torch.Tensor | None
+    record: dict[str, Any]
+    points: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    error: str | None = None
+
+
+def _image_seed(seed: int, key: str) -> int:
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _mask(
+    path: Path, original: tuple[int, int], size: tuple[int, int], options: DecodeOptions
+) -> torch.Tensor:
+    """The ``(H, W)`` int64 labels of ``path``, resized and cropped as the image was."""
+    img = read_image(path)
+    if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise ImageError(
+            f"mask {str(path)!r} has mode {img.mode}; masks are single-channel label images "
+            "(8- or 16-bit grey or palette PNG)"
+        )
+    labels = np.asarray(img).astype(np.int64)
+    if labels.shape != original:
+        raise ImageError(
+            f"mask {str(path)!r} is {labels.shape[0]}x{labels.shape[1]}, its image "
+            f"{original[0]}x{original[1]}"
+        )
+    t = torch.from_numpy(labels)[None, None].double()
+    if options.resize is not None:
+        t = resized(t, options.resize, "nearest")
+    if options.crop is not None:
+        t = cropped(t, options.crop)
+    out = t[0, 0].long()
+    assert tuple(out.shape) == size
+    return out
+
+
+def decode(source: Source, options: DecodeOptions) -> Decoded:
+    """Read and preprocess one image, and sample its points; errors become ``Decoded.error``."""
+    record: dict[str, Any] = {"source": str(source.path)}
+    if source.mask is not None:
+        record["mask"] = str(source.mask)
+    try:
+        x, prep = load_image(
+            source.path,
+            channels=options.channels,
+            mean=options.mean,
+            std=options.std,
+            resize=options.resize,
+            crop=options.crop,
+            interpolation=options.interpolation,
+        )
+        prep = replace(prep, normalization=options.normalization)
+        record["preprocessing"] = prep.to_dict()
+        points = labels = None
+        if options.points is not None:
+            mask = None
+            if source.mask is not None:
+                mask = _mask(source.mask, prep.original_size, prep.size, options)
+            seed = _image_seed(options.seed, source.key)
+            labels = None if mask is None else mask[None]
+            pts = sample_points(options.points, 1, prep.size, labels, seed)
+            points = pts[0].long()
+            if mask is not None:
+                labels = mask[points[:, 0], points[:, 1]]
+        return Decoded(source, x[0], record, points, labels)
+    except Exception as err:  # one bad file must not stop the run: record why
+        reason = str(err) if isinstance(err, HypercolumnsError) else f"{type(err).__name__}: {err}"
+        return Decoded(source, None, record, error=reason)

@@ -1,0 +1,234 @@
+"""The run: every input image into a store, with one of two engines, and a
+:class:`RunSummary` at the end.
+
+:func:`run` checks the settings, lists the inputs, opens the store's writer, leaves out the
+images already in it, and hands the rest to an engine through one signature,
+``engine.run(todo, extraction, sink, **options)``: the local engine
+(:mod:`hypercolumns.pipeline._local`) or the Ray engine (:mod:`hypercolumns.pipeline._ray`).
+Either way this process alone writes and commits the store, through the :class:`Sink`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from hypercolumns.errors import HypercolumnsError, StoreError
+from hypercolumns.io.store import Kind, open_writer, store_kind
+from hypercolumns.pipeline import _local
+from hypercolumns.pipeline._sink import Sink
+from hypercolumns.pipeline.extraction import Extraction, Failure
+from hypercolumns.pipeline.settings import Settings
+from hypercolumns.pipeline.sources import expand_inputs
+
+__all__ = ["Engine", "RunSummary", "run"]
+
+Engine = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did.
+
+    Attributes:
+        store: The store written.
+        kind: ``"dense"`` or ``"sparse"``.
+        images: Input images.
+        done: Images written by this run.
+        skipped: Images already in the store, not computed again.
+        failed: Images that could not be made, with the reasons.
+        banded: Images of ``done`` computed in bands.
+        bytes_written: Bytes of data this run committed.
+        seconds: Wall time of the run.
+    """
+
+    store: str
+    kind: Kind
+    images: int
+    done: int
+    skipped: int
+    failed: tuple[Failure, ...]
+    banded: int
+    bytes_written: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.done + len(self.failed)) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store, "kind": self.kind, "images": self.images, "done": self.done,
+            "skipped": self.skipped, "banded": self.banded, "bytes_written": self.bytes_written,
+            "seconds": round(self.seconds, 3),
+            "failed": [{"key": f.key, "source": f.source, "reason": f.reason} for f in self.failed],
+        }  # fmt: skip
+
+
+def _check_out(out: Path, settings: Settings) -> Kind:
+    kind = store_kind(out)
+    if kind is None:
+        raise HypercolumnsError(
+            f"a store is a folder named NAME.zarr (dense) or NAME.parquet (sparse), got "
+            f"{str(out)!r}"
+        )
+    if kind != settings.kind:
+        raise HypercolumnsError(
+            "a .parquet store holds sparse hypercolumns: give points (--points N)"
+            if kind == "sparse"
+            else "a .zarr store holds dense hypercolumns: leave out points, or write .parquet"
+        )
+    existing = next(p for p in (out, *out.parents, Path(".")) if p.exists())
+    if not existing.is_dir():
+        raise StoreError(f"cannot write store {str(out)!r}: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write store {str(out)!r}: {str(existing)!r} is not writable")
+    return kind
+
+
+def _engine(engine: Engine) -> Callable[..., None]:
+    """The ``run(todo, extraction, sink, **options)`` of an engine, whose options are
+    ``workers`` and ``batch_size``, and for Ray ``address``, ``device``, ``actors`` and
+    ``ship_model``; the Ray engine only when Ray is installed."""
+    if engine == "ray":
+        from hypercolumns.pipeline import _ray
+
+        _ray.require()
+        return _ray.run
+    return _local.run
+
+
+def run(
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    settings: Settings,
+    *,
+    workers: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    max_memory: int | None = None,
+    band_rows: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    writer_options: Mapping[str, Any] | None = None,
+    engine: Engine = "local",
+    ray_address: str | None = None,
+    actors: int | None = None,
+    model: nn.Module | None = None,
+) -> RunSummary:
+    """Hypercolumns of every input image into the store ``out``; resumable.
+
+    Images already committed to ``out`` are skipped; unreadable images are recorded in the
+    store's failure log and skipped, and the run goes on. Dense images whose working set
+    exceeds ``max_memory`` are computed and written in horizontal bands.
+
+    Two engines make the same store. ``"local"``: images decoded in ``workers`` DataLoader
+    processes while the model runs in this one. ``"ray"`` (``pip install hypercolumns[ray]``):
+    a Ray Data pipeline, images read and decoded in Ray tasks and the model run by an actor
+    pool, one model per actor (one GPU each where the cluster has GPUs); this process writes
+    the store (see :mod:`hypercolumns.pipeline._ray` and ``docs/ray.md``).
+
+    Args:
+        inputs: Image files, folders, glob patterns, ``.txt``/``.csv`` lists (see
+            :func:`expand_inputs`).
+        out: ``NAME.zarr`` for dense hypercolumns, ``NAME.parquet`` for sparse ones.
+        settings: What to compute (see :class:`Settings`).
+        workers: Local: DataLoader processes decoding images (0: decode in this process).
+            Default: 2 with a GPU, 0 on a CPU, where the model's threads already use every
+            core and workers only take cores from it (vgg16 at 320x240 ran about 1.15x faster
+            with none on 2 cores; see docs/benchmarks.md). Ray: the most decoding tasks at a
+            time (default 0: as many as Ray schedules).
+        batch_size: Images computed together (local: of one size; Ray: per actor call,
+            grouped by size inside). Default: 8, or 1 for the local engine on a CPU, where
+            batching gains nothing and makes every layer's maps outgrow the caches (vgg16 at
+            320x240 ran about 1.35x faster per image one at a time; see docs/benchmarks.md).
+        device: Where the model runs; ``"auto"`` for CUDA when available (Ray: GPU actors
+            when the cluster has GPUs).
+        overwrite: Replace an existing store at ``out`` (only ever a store).
+        max_memory: Working set of one batch in bytes (default 1 GiB).
+        band_rows: Output rows per band for images computed in bands.
+        progress: Called as ``progress(processed, total)`` with this run's images.
+        writer_options: Options of the store writer (e.g. ``part_images`` for Parquet).
+        engine: ``"local"`` or ``"ray"``.
+        ray_address: Ray: the cluster to join (``"auto"``, ``"ray://host:10001"``); by default
+            the one ``ray.init()`` finds (``RAY_ADDRESS``), else a new local instance.
+        actors: Ray: model actors (default: one per GPU, or one per node on CPU clusters).
+        model: An already built model to use instead of building ``settings.model`` (which
+            then only names it); the store records the digest of its weights either way. Ray:
+            it is sent to the actors, so it must pickle (its classes importable on the nodes).
+
+    Returns:
+        A :class:`RunSummary`.
+
+    Raises:
+        HypercolumnsError: Bad inputs or settings, Ray not installed or its pipeline failed;
+            :class:`StoreError` when ``out`` cannot be written or belongs to another
+            configuration. A store that fails while written (a full disk) keeps every image
+            committed before; rerun to continue.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    if engine not in ("local", "ray"):
+        raise HypercolumnsError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+    if engine == "local" and (ray_address is not None or actors is not None):
+        raise HypercolumnsError("a Ray address and actors apply to the Ray engine (engine='ray')")
+    if engine == "local" and str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_cpu = engine == "local" and torch.device(device).type == "cpu"
+    if batch_size is None:
+        batch_size = 1 if on_cpu else 8
+    if workers is None:
+        workers = 0 if on_cpu or engine == "ray" else 2
+    if batch_size < 1 or workers < 0 or (actors is not None and actors < 1):
+        raise HypercolumnsError(
+            f"batch size and actors must be >= 1 and workers >= 0, got {batch_size}, "
+            f"{actors}, {workers}"
+        )
+    engine_run = _engine(engine)
+    options: dict[str, Any] = {"workers": workers, "batch_size": batch_size}
+    if engine == "ray":
+        options.update(
+            address=ray_address, device=str(device), actors=actors, ship_model=model is not None
+        )
+    sources = expand_inputs(inputs)
+    kind = _check_out(out, settings)
+    with_masks = {s.mask is not None for s in sources}
+    if len(with_masks) > 1:
+        raise HypercolumnsError("give a mask for every image or for none")
+    extraction = Extraction(
+        settings,
+        device=device if engine == "local" else "cpu",  # Ray: here for the configuration only
+        max_memory=max_memory,
+        band_rows=band_rows,
+        model=model,
+    )
+    config = extraction.config(labels=with_masks == {True})
+    writer = open_writer(out, config, overwrite=overwrite, **dict(writer_options or {}))
+    todo = [s for s in sources if s.key not in writer.done]
+    sink = Sink(writer, len(todo), progress)
+    try:
+        with writer:
+            if todo:
+                engine_run(todo, extraction, sink, **options)
+    except OSError as err:
+        raise StoreError(
+            f"writing store {str(out)!r} failed: {err.strerror or err}; it keeps the "
+            f"{len(writer.done)} images committed before; free space (or fix the folder) and "
+            "rerun the same command to continue"
+        ) from err
+    return RunSummary(
+        store=str(out), kind=kind, images=len(sources), done=sink.done,
+        skipped=len(sources) - len(todo), failed=tuple(sink.failed), banded=sink.banded,
+        bytes_written=writer.bytes_written, seconds=time.perf_counter() - start,
+    )  # fmt: skip
