@@ -96,8 +96,8 @@ def _unpack(batch: Batch, i: int, sparse: bool) -> Decoded:
 
 def _decode_row(row: Row, options: DecodeOptions) -> Row:
     """The decoding task: read and preprocess one image (errors are kept in the row)."""
-    mask = row["mask"]
-    source = Source(row["key"], Path(row["path"]), Path(mask) if mask else None)
+    mask, error = row["mask"], row.get("error") or None
+    source = Source(row["key"], Path(row["path"]), Path(mask) if mask else None, error)
     return _pack(decode(source, options))
 
 
@@ -373,7 +373,10 @@ def run(
         n, resources, actor_device, threads = _pool(ray, device, actors)
         model = extraction.model if ship_model else extraction.model.state_dict()
         model_ref = ray.put(model)
-        items = [{"key": s.key, "path": str(s.path), "mask": str(s.mask or "")} for s in todo]
+        items = [
+            {"key": s.key, "path": str(s.path), "mask": str(s.mask or ""), "error": s.error or ""}
+            for s in todo
+        ]
         ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
         ds = ds.map(
             _decode_row,

@@ -123,6 +123,8 @@ def _mask(
 def decode(source: Source, options: DecodeOptions) -> Decoded:
     """Read and preprocess one image, and sample its points; errors become ``Decoded.error``."""
     record: dict[str, Any] = {"source": str(source.path)}
+    if source.error is not None:
+        return Decoded(source, None, record, error=source.error)
     if source.mask is not None:
         record["mask"] = str(source.mask)
     try:

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from hypercolumns.errors import HypercolumnsError, StoreError
-from hypercolumns.io.store import Kind, open_writer, store_kind
+from hypercolumns.io.store import Kind, folders_of, nesting, open_writer, store_kind
 from hypercolumns.pipeline import _local
 from hypercolumns.pipeline._sink import Sink
 from hypercolumns.pipeline.extraction import Extraction, Failure
 from hypercolumns.pipeline.settings import Settings
-from hypercolumns.pipeline.sources import expand_inputs
+from hypercolumns.pipeline.sources import Source, expand_inputs
 
 __all__ = ["Engine", "RunSummary", "run"]
 
@@ -107,6 +107,20 @@ def _engine(engine: Engine) -> Callable[..., None]:
         _ray.require()
         return _ray.run
     return _local.run
+
+
+def _check_nesting(todo: list[Source], done: set[str]) -> None:
+    """Refuse images whose keys would nest with committed ones (a key a folder of another):
+    a dense store cannot hold both, and committing one must never delete the other."""
+    folders = {f for key in done for f in folders_of(key)}
+    for source in todo:
+        other = nesting(source.key, done, folders)
+        if other is not None:
+            raise HypercolumnsError(
+                f"image {str(source.path)!r} gets the key {source.key!r}, and the store "
+                f"already holds the image {other!r}: one key would be a folder of the other; "
+                "rename the file, or write another store"
+            )
 
 
 def run(
@@ -219,6 +233,7 @@ def run(
     sink = Sink(writer, len(todo), progress)
     try:
         with writer:
+            _check_nesting(todo, writer.done)
             if todo:
                 engine_run(todo, extraction, sink, **options)
     except OSError as err:

@@ -8,14 +8,14 @@ This is the one definition of what an image file is (:data:`IMAGE_SUFFIXES`,
 from __future__ import annotations
 
 import csv
-import glob
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hypercolumns.errors import HypercolumnsError, StoreError
-from hypercolumns.io.store import check_key
+from hypercolumns.io.store import check_key, folders_of, nesting
 
 __all__ = ["IMAGE_SUFFIXES", "Source", "expand_inputs", "image_files", "is_image_file"]
 
@@ -32,11 +32,14 @@ class Source:
             came from (``cats/001.jpg``), or the file name of an image given directly.
         path: The image file.
         mask: An integer label image of the same size, from a list file's ``mask`` column.
+        error: Why this input cannot be read at all (a folder that cannot be listed); it is
+            recorded as a failed input instead of being computed.
     """
 
     key: str
     path: Path
     mask: Path | None = None
+    error: str | None = None
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -45,17 +48,79 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def image_files(folder: str | Path, *, recursive: bool = True) -> list[Path]:
+def image_files(
+    folder: str | Path, *, recursive: bool = True, unreadable: list[Path] | None = None
+) -> list[Path]:
     """The image files in ``folder`` (see :func:`is_image_file`), hidden files and folders
     skipped, sorted by name; with ``recursive``, a folder's own files come before those of its
-    subfolders."""
-    found = []
-    for root, dirs, files in os.walk(folder):
+    subfolders. Symbolic links to folders are not followed. Subfolders that cannot be listed
+    are appended to ``unreadable`` when it is given."""
+    return [p for p, _ in _walk(Path(folder), recursive=recursive, unreadable=unreadable)]
+
+
+def _walk(
+    top: Path,
+    *,
+    recursive: bool = True,
+    follow: bool = False,
+    unreadable: list[Path] | None = None,
+    pattern: re.Pattern[str] | None = None,
+) -> list[tuple[Path, str]]:
+    """``(path, key)`` of the image files under ``top`` (key: the path relative to it), hidden
+    names skipped. ``follow``: enter symbolic links to folders too, each real folder once
+    (symlink loops end). ``pattern``: keep only keys it matches."""
+    found: list[tuple[Path, str]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def failed(err: OSError) -> None:
+        if unreadable is not None and err.filename is not None:
+            unreadable.append(Path(err.filename))
+
+    for root, dirs, files in os.walk(top, onerror=failed, followlinks=follow):
+        if follow:
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
-        found += [
-            Path(root) / f for f in sorted(files) if not f.startswith(".") and is_image_file(f)
-        ]
+        for name in sorted(files):
+            if name.startswith(".") or not is_image_file(name):
+                continue
+            path = Path(root) / name
+            key = path.relative_to(top).as_posix()
+            if pattern is None or pattern.fullmatch(key):
+                found.append((path, key))
     return found
+
+
+def _pattern_regex(rest: str) -> re.Pattern[str]:
+    """The glob ``rest`` (``*``, ``?``, ``[...]``, and ``**`` for any folders) as a regex over
+    ``/``-separated relative paths."""
+    out, i = [], 0
+    while i < len(rest):
+        if rest.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif rest.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif rest[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif rest[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif rest[i] == "[" and "]" in rest[i + 2 :]:
+            end = rest.index("]", i + 2)
+            body = rest[i + 1 : end]
+            negate = body.startswith("!")
+            out.append("[" + ("^" if negate else "") + re.escape(body.removeprefix("!")) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(rest[i]))
+            i += 1
+    return re.compile("".join(out))
 
 
 def _is_pattern(text: str) -> bool:
@@ -126,13 +191,15 @@ def expand_inputs(inputs: Iterable[str | Path], *, check_keys: bool = True) -> l
     """
     sources: list[Source] = []
     keys: dict[str, Path] = {}
+    folders: set[str] = set()
     seen: set[Path] = set()
     for item in inputs:
         text = str(item)
         path = Path(text)
         found: list[tuple[Path, str, Path | None]]
+        unreadable: list[Path] = []
         if path.is_dir():
-            found = [(p, p.relative_to(path).as_posix(), None) for p in image_files(path)]
+            found = [(p, key, None) for p, key in _walk(path, unreadable=unreadable)]
             what = f"folder {text!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         elif path.is_file() and path.suffix.lower() in (".txt", ".csv"):
             found = _read_list(path)
@@ -142,10 +209,11 @@ def expand_inputs(inputs: Iterable[str | Path], *, check_keys: bool = True) -> l
             what = ""
         elif _is_pattern(text):
             base = _glob_base(text)
+            rest = Path(text).relative_to(base).as_posix()
+            regex = _pattern_regex(rest)
             found = [
-                (Path(p), Path(p).relative_to(base).as_posix(), None)
-                for p in sorted(glob.glob(text, recursive=True))
-                if Path(p).is_file() and is_image_file(p)
+                (p, key, None)
+                for p, key in _walk(base, follow=True, unreadable=unreadable, pattern=regex)
             ]
             what = f"pattern {text!r} matches no image files"
         else:
@@ -153,10 +221,15 @@ def expand_inputs(inputs: Iterable[str | Path], *, check_keys: bool = True) -> l
                 f"input {text!r} does not exist (give image files, folders, glob patterns or "
                 ".txt/.csv lists of paths)"
             )
-        if not found:
+        for folder in unreadable:
+            top = _glob_base(text) if _is_pattern(text) else path
+            key = folder.relative_to(top).as_posix()
+            reason = f"folder {str(folder)!r} cannot be listed, so its images are left out"
+            sources.append(Source(key, folder, error=reason))
+        if not found and not unreadable:
             raise HypercolumnsError(what)
         for p, key, mask in found:
-            real = p.resolve()
+            real = Path(os.path.realpath(p))  # never raises, even on a symlink loop
             if real in seen:
                 continue
             seen.add(real)
@@ -173,7 +246,15 @@ def expand_inputs(inputs: Iterable[str | Path], *, check_keys: bool = True) -> l
                     "are paths relative to the folder, pattern or list they come from); pass "
                     "their common folder instead, or rename one"
                 )
+            other = nesting(key, set(keys), folders)
+            if other is not None:
+                raise HypercolumnsError(
+                    f"the images {str(keys[other])!r} and {str(p)!r} get the keys {other!r} and "
+                    f"{key!r}, one a folder of the other, which a store cannot hold (keys are "
+                    "paths relative to the folder, pattern or list they come from); rename one"
+                )
             keys[key] = p
+            folders.update(folders_of(key))
     if not sources:
         raise HypercolumnsError("no input images given")
     return sources

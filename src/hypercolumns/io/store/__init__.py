@@ -36,9 +36,9 @@ from hypercolumns.io.store._book import (
     FORMAT,
     FORMAT_VERSION,
     Kind,
-    check_key,
     store_kind,
 )
+from hypercolumns.io.store.keys import RESERVED, check_key, folders_of, nesting
 from hypercolumns.io.store.read import DenseStore, SparseEntry, SparseStore, open_store
 from hypercolumns.io.store.write import (
     TILE,
@@ -54,6 +54,7 @@ __all__ = [
     "BOOK",
     "FORMAT",
     "FORMAT_VERSION",
+    "RESERVED",
     "TILE",
     "DenseSlot",
     "DenseStore",
@@ -65,6 +66,8 @@ __all__ = [
     "SparseWriter",
     "StoreWriter",
     "check_key",
+    "folders_of",
+    "nesting",
     "open_store",
     "open_writer",
     "store_kind",

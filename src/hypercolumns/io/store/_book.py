@@ -130,14 +130,3 @@ def committed(path: Path) -> tuple[dict[str, dict[str, Any]], set[str]]:
         for entry in commit.get("images", []):
             images[entry["key"]] = {**entry, "part": part} if part else entry
     return images, parts
-
-
-def check_key(key: str) -> None:
-    """Raise :class:`StoreError` unless ``key`` can name an image in a store: a relative path
-    of non-empty parts, none ``.`` or ``..``, not inside ``_hypercolumns``."""
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") for p in parts) or parts[0] == BOOK or "\\" in key:
-        raise StoreError(
-            f"{key!r} cannot be an image key: keys are relative paths like 'cats/001.jpg' "
-            f"(no empty, '.' or '..' parts, not under {BOOK}/)"
-        )

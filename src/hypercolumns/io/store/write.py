@@ -20,7 +20,8 @@ import numpy as np
 
 from hypercolumns.errors import StoreError
 from hypercolumns.io.store import _book
-from hypercolumns.io.store._book import BOOK, Kind, check_key, store_kind
+from hypercolumns.io.store._book import BOOK, Kind, store_kind
+from hypercolumns.io.store.keys import check_key, folders_of, nesting
 
 TILE = 64  # rows and columns of a dense chunk
 _CHUNK_BYTES = 4 << 20
@@ -252,6 +253,7 @@ class DenseWriter(StoreWriter):
     def __init__(self, path: Path, config: Mapping[str, Any], *, overwrite: bool) -> None:
         super().__init__(path, config, overwrite=overwrite)
         self._groups: set[str] = set()  # parent groups known to exist
+        self._folders = {f for key in self.done for f in folders_of(key)}
 
     def _init_data(self, root: Path, config: dict[str, Any]) -> None:
         import zarr
@@ -281,6 +283,12 @@ class DenseWriter(StoreWriter):
                 f"image {slot.key!r} has {slot.rows_written} of {slot.shape[1]} rows written; "
                 "it cannot be committed"
             )
+        other = slot.key if slot.key in self.done else nesting(slot.key, self.done, self._folders)
+        if other is not None:  # never replace or bury a committed image
+            raise StoreError(
+                f"image {slot.key!r} cannot be committed: the store holds the committed image "
+                f"{other!r} at that path or around it"
+            )
         _book.fsync_tree(slot.dir)
         nbytes = sum(f.stat().st_size for f in slot.dir.rglob("*") if f.is_file())
         target = self.path / slot.key
@@ -296,6 +304,7 @@ class DenseWriter(StoreWriter):
         _book.fsync_path(target.parent)
         entry = {"key": slot.key, "shape": list(slot.shape), "dtype": slot.dtype}
         self._commit([{**entry, "bytes": nbytes, **slot.record}])
+        self._folders.update(folders_of(slot.key))
         self.bytes_written += nbytes
 
     def abort(self, slot: DenseSlot) -> None:
