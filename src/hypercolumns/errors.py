@@ -12,6 +12,7 @@ __all__ = [
     "InputSizeError",
     "LayerNotFoundError",
     "ModelError",
+    "OutputTooLargeError",
     "StoreError",
     "WeightsError",
     "closest",
@@ -45,6 +46,22 @@ class InputSizeError(HypercolumnsError):
 
 class StoreError(HypercolumnsError):
     """An on-disk store cannot be created, written or read, or belongs to another run."""
+
+
+class OutputTooLargeError(HypercolumnsError):
+    """An output would take more memory than allowed.
+
+    Attributes:
+        need: Bytes the output would take (an estimate made before computing it).
+        limit: Bytes allowed.
+        detail: What makes it that large, in words (e.g. ``"3 image(s), 192 channels"``).
+    """
+
+    def __init__(self, message: str, *, need: int, limit: int, detail: str = "") -> None:
+        super().__init__(message)
+        self.need = need
+        self.limit = limit
+        self.detail = detail
 
 
 class GeometryWarning(UserWarning):
