@@ -130,7 +130,7 @@ def run(
         "hypercolumns": {
             "layers": [layer.name for layer in hc_layers],
             "shape": list(hc.features.shape),
-            "channels": {k: [s.start, s.stop] for k, s in hc.slices.items()},
+            "channels": hc.channel_ranges(),
         },
         "figures": sorted(figures),
         "seconds": round(time.perf_counter() - start, 2),

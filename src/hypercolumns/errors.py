@@ -17,6 +17,7 @@ __all__ = [
     "LayerNotFoundError",
     "ModelError",
     "OptionError",
+    "OutputTooLargeError",
     "StoreError",
     "WeightsError",
     "closest",
@@ -54,6 +55,22 @@ class InputSizeError(HypercolumnsError, ValueError):
 
 class StoreError(HypercolumnsError, RuntimeError):
     """An on-disk store cannot be created, written or read, or belongs to another run."""
+
+
+class OutputTooLargeError(HypercolumnsError, MemoryError):
+    """An output would take more memory than allowed.
+
+    Attributes:
+        need: Bytes the output would take (an estimate made before computing it).
+        limit: Bytes allowed.
+        detail: What makes it that large, in words (e.g. ``"3 image(s), 192 channels"``).
+    """
+
+    def __init__(self, message: str, *, need: int, limit: int, detail: str = "") -> None:
+        super().__init__(message)
+        self.need = need
+        self.limit = limit
+        self.detail = detail
 
 
 class GeometryWarning(UserWarning):

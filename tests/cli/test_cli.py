@@ -94,13 +94,13 @@ def test_extract_npy_dense_with_sidecar(tmp_path: Path, capsys: pytest.CaptureFi
     assert arr.shape == (1, 4 + 6 + 2, 16, 12)
     assert arr.dtype == np.float32
     meta = json.loads(out.with_name("feats.npy.json").read_text())
-    assert meta["layers"] == ["1", "4", "7"]
+    assert meta["run"]["layers"] == ["1", "4", "7"]
     assert meta["channels"] == {"1": [0, 4], "4": [4, 10], "7": [10, 12]}
     assert [g["stride"] for g in meta["geometry"]][:2] == [[1.0, 1.0], [2.0, 2.0]]
     assert all(set(g) == LAYER_KEYS for g in meta["geometry"])
     assert meta["images"][0]["size"] == [16, 12]
     assert meta["images"][0]["key"] == "img"
-    assert meta["model"] == TINY
+    assert meta["run"]["model"] == TINY
     assert meta["hypercolumns_version"]
     assert "wrote" in stdout
     # the global layer (7, linear) is broadcast: constant over the image
@@ -129,7 +129,7 @@ def test_extract_sparse_points(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert np.load(out).shape == (1, 5, 10)
     meta = json.loads((tmp_path / "p.npy.json").read_text())
     assert meta["layout"] == "(B, N, C)"
-    assert meta["points"]["seed"] == 3
+    assert meta["run"]["seed"] == 3
     assert np.asarray(meta["points"]["coordinates"]).shape == (1, 5, 2)
 
     pts = tmp_path / "pts.json"
@@ -164,6 +164,37 @@ def test_extract_safetensors_and_pt_one_entry_per_image(
     data = torch.load(out, weights_only=True)
     assert tuple(data["features"]["large"].shape) == (6, 20, 24)
     assert data["metadata"]["channels"] == {"4": [0, 6]}
+
+
+VIT = "timm:vit_tiny_patch16_224"
+VIT_KWARGS = '{"img_size": 32, "depth": 2}'
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npy"])
+def test_extract_class_token_into_a_single_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    # One layer grammar: "NAME:cls" works for single files as it does for stores.
+    img = str(image(tmp_path, size=(32, 32)))
+    out = tmp_path / f"x{suffix}"
+    code, _, err = run(["extract", VIT, img, "--model-kwargs", VIT_KWARGS, "--layers",
+                        "blocks.1:cls,blocks.1", "--points", "4", "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    if suffix == ".npy":
+        meta = json.loads(out.with_name("x.npy.json").read_text())
+        features = torch.from_numpy(np.load(out))[0]
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(out), "pt") as fh:
+            meta = json.loads(fh.metadata()["hypercolumns"])
+            features = fh.get_tensor("img")
+    assert meta["channels"] == {"blocks.1:cls": [0, 192], "blocks.1": [192, 384]}
+    assert meta["geometry"][0]["global"] is True
+    assert features.shape == (4, 384)
+    # the class token is global: the same values at every point
+    assert torch.equal(features[:, :192], features[:1, :192].expand(4, -1))
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ def test_the_writer_never_buries_or_replaces_a_committed_image(tmp_path: Path) -
     with DenseWriter(tmp_path / "w.zarr", config, overwrite=False) as writer:
         writer.write(hc.io.store.ImageResult("x.png/y.png", np.ones((2, 4, 4), np.float32), {}))
         for key in ("x.png", "x.png/y.png", "x.png/y.png/z.png"):
-            with pytest.raises(StoreError, match="holds the committed image 'x.png/y.png'"):
+            with pytest.raises(StoreError, match=r"holds the committed image 'x\.png/y\.png'"):
                 writer.write(hc.io.store.ImageResult(key, np.zeros((2, 4, 4), np.float32), {}))
     assert (zarr.open_group(str(tmp_path / "w.zarr"), mode="r")["x.png/y.png"][:] == 1).all()
 

@@ -35,7 +35,7 @@ from hypercolumns.features.maps import FeatureExtractor
 from hypercolumns.features.points import check_points, sample_points
 from hypercolumns.rf.layers import Layer, LayerSpec
 
-__all__ = ["HypercolumnExtractor", "Hypercolumns", "Projection", "hypercolumns"]
+__all__ = ["HypercolumnExtractor", "Hypercolumns", "Projection", "channel_ranges", "hypercolumns"]
 
 Normalize = None | Literal["l2"] | Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 Points = None | int | torch.Tensor
@@ -50,6 +50,11 @@ class Projection(Protocol):
 
     @property
     def mean(self) -> torch.Tensor: ...
+
+
+def channel_ranges(slices: Mapping[str, slice]) -> dict[str, list[int]]:
+    """Layer name to ``[start, stop]`` of its channels: ``slices`` as JSON-ready lists."""
+    return {name: [int(s.start), int(s.stop)] for name, s in slices.items()}
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,10 @@ class Hypercolumns:
             )
         sl = self.slices[name]
         return self.features[:, sl] if self.dense else self.features[..., sl]
+
+    def channel_ranges(self) -> dict[str, list[int]]:
+        """Layer name to ``[start, stop]`` of its channels, as metadata records them."""
+        return channel_ranges(self.slices)
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -9,8 +9,9 @@ tensors' version counters, running again with a clone should the model behave di
 
 Vision transformers: a token output ``(B, 1 + N, C)`` is read as a ``(B, C, H/p, W/p)`` map with
 the class (and any register) tokens dropped. The class token itself is the pseudo-layer
-``"NAME:cls"`` (e.g. ``"blocks.11:cls"``): the first token of layer ``NAME``'s output, a global
-``(B, C)`` feature that hypercolumns broadcast to every pixel.
+``"NAME:cls"`` (e.g. ``"blocks.11:cls"``, see :func:`~hypercolumns.rf.layers.select`): the first
+token of layer ``NAME``'s output, a global ``(B, C)`` feature that hypercolumns broadcast to every
+pixel.
 """
 
 from __future__ import annotations
@@ -26,65 +27,20 @@ from torch.utils._pytree import tree_map
 
 from hypercolumns._checks import image_batch, parse_size
 from hypercolumns._forward import StopForward, evaluating, first_tensor, hooked
-from hypercolumns.errors import HypercolumnsError, InputSizeError, LayerNotFoundError, ModelError
+from hypercolumns.errors import HypercolumnsError, InputSizeError, ModelError
 from hypercolumns.models import input_channels
-from hypercolumns.rf.geometry import ReceptiveField
-from hypercolumns.rf.layers import (
-    Layer,
-    LayerSpec,
-    select,
-    spec_items,
-)
+from hypercolumns.rf.layers import CLS, Layer, LayerSpec, select
 from hypercolumns.rf.layers import layers as list_layers
 
 __all__ = ["CLS", "FeatureExtractor", "feature_maps", "resolve"]
-
-CLS = ":cls"
-"""Suffix naming the class token of a token layer: ``"blocks.11:cls"``."""
-
-
-def _class_token(base: Layer, input_size: tuple[int, int]) -> Layer:
-    layout = base.layout
-    if layout is None or layout.y != layout.x or layout.prefix < 1:
-        raise LayerNotFoundError(
-            f"layer {base.name!r} has no class token: {CLS!r} needs a token output "
-            f"(B, 1 + N, C) with a class token in front, as vision-transformer blocks have; "
-            f"{base.name!r} has output shape {base.shape}"
-        )
-    return Layer(
-        index=None,
-        name=base.name + CLS,
-        type=base.type,
-        shape=(base.channels,),
-        rf=ReceptiveField.whole(*input_size),
-        layout=None,
-    )
 
 
 def resolve(
     available: Sequence[Layer], spec: LayerSpec, input_size: tuple[int, int]
 ) -> list[Layer]:
-    """The layers named by ``spec`` as :func:`~hypercolumns.rf.layers.select` finds them, plus
-    class-token pseudo-layers ``"NAME:cls"`` (``NAME`` may be any spec of one or more layers).
-
-    Raises:
-        LayerNotFoundError: A name matches nothing, a layer is given twice, or ``":cls"`` is
-            asked of a layer without a class token.
-    """
-    items = spec_items(spec)
-    if not items:
-        raise LayerNotFoundError("no layers given: name at least one (see `hypercolumns layers`)")
-    chosen: list[Layer] = []
-    for item in items:
-        if isinstance(item, str) and item.endswith(CLS):
-            found = [_class_token(b, input_size) for b in select(available, item[: -len(CLS)])]
-        else:
-            found = select(available, [item])
-        for layer in found:
-            if any(c.name == layer.name for c in chosen):
-                raise LayerNotFoundError(f"layer {layer.name!r} is given twice")
-            chosen.append(layer)
-    return chosen
+    """The layers named by ``spec``: :func:`~hypercolumns.rf.layers.select` (the one layer
+    grammar, ``"NAME:cls"`` class tokens included) for layers listed at ``input_size``."""
+    return select(available, spec, input_size=input_size)
 
 
 def _source(layer: Layer) -> str:

@@ -1,4 +1,5 @@
-"""Pixels to compute sparse hypercolumns at: drawn (uniform or stratified, seeded) or given.
+"""Pixels to compute sparse hypercolumns at: drawn (uniform or stratified, seeded), given, or
+read from a file.
 
 Points are ``(y, x)`` pixel coordinates, float64, ``(B, N, 2)``; pixel ``i``'s centre is at
 ``i`` and an image of height ``H`` spans ``[-0.5, H - 0.5]``.
@@ -6,11 +7,15 @@ Points are ``(y, x)`` pixel coordinates, float64, ``(B, N, 2)``; pixel ``i``'s c
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from hypercolumns.errors import HypercolumnsError
 
-__all__ = ["check_points", "sample_points"]
+__all__ = ["check_points", "read_points", "sample_points"]
 
 
 def sample_points(
@@ -122,3 +127,46 @@ def check_points(
             f"[-0.5, {width - 0.5}]); {int(bad.sum())} point(s) are outside in all"
         )
     return pts
+
+
+def read_points(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
+    """The ``(N, 2)`` int64 ``(y, x)`` pixels listed in a file, each inside a ``size`` image.
+
+    Args:
+        path: ``.npy`` (an ``(N, 2)`` array), ``.json`` (a list of ``[y, x]`` pairs) or
+            ``.csv`` (``y,x`` lines, no header); whole pixel coordinates.
+        size: ``(H, W)`` of the image the points are on: ``0 <= y < H``, ``0 <= x < W``.
+
+    Raises:
+        HypercolumnsError: The file cannot be read, holds no ``(y, x)`` pairs, holds fractional
+            or non-finite coordinates, or a point lies outside the image.
+    """
+    where = str(path)
+    path = Path(path)
+    if not path.is_file():
+        raise HypercolumnsError(
+            f"no points file {where!r} (a .json, .npy or .csv of (y, x) pixel pairs)"
+        )
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".json":
+            arr = np.asarray(json.loads(path.read_text()), dtype=np.float64)
+        else:
+            arr = np.loadtxt(path, delimiter=",", ndmin=2)
+    except (OSError, ValueError) as err:
+        raise HypercolumnsError(f"cannot read points from {where!r}: {err}") from err
+    if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0:
+        raise HypercolumnsError(f"points in {where!r} must be N (y, x) pairs, got {arr.shape}")
+    if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        raise HypercolumnsError(f"points in {where!r} must be whole pixel coordinates")
+    h, w = size
+    outside = (arr[:, 0] < 0) | (arr[:, 0] > h - 1) | (arr[:, 1] < 0) | (arr[:, 1] > w - 1)
+    if outside.any():
+        k = int(np.argmax(outside))
+        y, x = (int(v) for v in arr[k])
+        raise HypercolumnsError(
+            f"point {k} (y={y}, x={x}) in {where!r} is outside the {h}x{w} input "
+            f"(y in 0..{h - 1}, x in 0..{w - 1}); {int(outside.sum())} of {len(arr)} are outside"
+        )
+    return torch.as_tensor(arr, dtype=torch.long)

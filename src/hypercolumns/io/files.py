@@ -1,4 +1,10 @@
-"""Write extracted features to ``.npy`` (+ ``.json`` sidecar), ``.safetensors`` or ``.pt``.
+"""Hypercolumns of a few images in one file: ``.npy`` (+ ``.json`` sidecar), ``.safetensors``
+or ``.pt``, with the run's metadata (:mod:`hypercolumns.io.metadata`).
+
+:func:`extract_to_file` computes and writes; its rules are those of the formats: ``.npy`` stacks
+the images, so they must share one size; ``.safetensors`` and ``.pt`` key one entry per image by
+its file stem, so stems must be unique. The output's size is estimated before anything runs and
+refused over ``max_bytes``.
 
 Writes are atomic: everything goes to temporary files in the destination folder, renamed over
 the destination only when complete, so a failure never leaves a half-written file behind.
@@ -7,19 +13,42 @@ the destination only when complete, so a failure never leaves a half-written fil
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from hypercolumns._atomic import staged
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns._checks import parse_size, positive_int
+from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
+from hypercolumns.features.align import Align, check_align
+from hypercolumns.features.columns import HypercolumnExtractor
+from hypercolumns.features.points import read_points
+from hypercolumns.images import Preprocessing, load_image
+from hypercolumns.io.metadata import describe_weights, run_metadata
+from hypercolumns.models import load_model
+from hypercolumns.rf.layers import LayerSpec
 
-__all__ = ["SUFFIXES", "check_suffix", "write_npy", "write_tensors"]
+__all__ = [
+    "MAX_BYTES",
+    "SUFFIXES",
+    "Written",
+    "check_stackable",
+    "check_suffix",
+    "extract_to_file",
+    "write_npy",
+    "write_tensors",
+]
 
 SUFFIXES = (".npy", ".safetensors", ".pt")
+MAX_BYTES = 4 * 10**9
+"""Default limit of :func:`extract_to_file` on the size of its output."""
+
+Image = str | Path | tuple[torch.Tensor, Preprocessing]
 
 
 def check_suffix(path: Path) -> str:
@@ -72,3 +101,215 @@ def write_tensors(
             with tmp.open("wb") as fh:
                 torch.save(payload, fh)
     return [path]
+
+
+def check_stackable(suffix: str, keys: Sequence[str], records: Sequence[Preprocessing]) -> None:
+    """The images ``keys`` (with their preprocessing ``records``) fit one ``suffix`` file:
+    ``.npy`` stacks them (one size), ``.safetensors``/``.pt`` key them (unique stems)."""
+    if suffix == ".npy":
+        if len({prep.size for prep in records}) > 1:
+            listing = ", ".join(
+                f"{Path(prep.path).name} {prep.size[0]}x{prep.size[1]}" for prep in records
+            )
+            raise HypercolumnsError(
+                f"a .npy output stacks the images, but their sizes differ ({listing}); "
+                "resize or crop them (--resize/--crop), or write .safetensors/.pt (one entry per "
+                "image)"
+            )
+    elif len(set(keys)) < len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise HypercolumnsError(
+            f"two images share the file stem {dup!r}, which keys their entries in "
+            f"{suffix}; rename one, or write .npy"
+        )
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`extract_to_file` wrote.
+
+    Attributes:
+        paths: The files written (``.npy``: the array and its ``.json`` sidecar).
+        shapes: Image key to the shape of its entry; ``.npy``: ``{"all": [B, ...]}``.
+        metadata: The metadata written with them.
+    """
+
+    paths: list[Path]
+    shapes: dict[str, list[int]]
+    metadata: dict[str, Any]
+
+
+def extract_to_file(
+    model: nn.Module | str,
+    images: Sequence[Image],
+    layers: LayerSpec,
+    out: str | Path,
+    *,
+    points: int | torch.Tensor | str | Path | None = None,
+    seed: int | None = 0,
+    align: Align = "rf",
+    dtype: Literal["float32", "float16"] = "float32",
+    size: int | Sequence[int] | None = None,
+    max_bytes: int = MAX_BYTES,
+    resize: str | int | None = None,
+    crop: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Written:
+    """Hypercolumns of ``images`` written to the one file ``out``, with their metadata.
+
+    Nothing is written unless every image succeeded.
+
+    Args:
+        model: A model spec (``timm:NAME``, ``torchvision:NAME``, ``module:factory``...),
+            loaded with ``model_kwargs``, ``weights`` and ``pretrained``; or a module, which
+            those then only describe in the metadata.
+        images: Image files (read with :func:`~hypercolumns.images.load_image` and ``resize``,
+            ``crop``, ``mean``, ``std``), or ``(x, prep)`` pairs as ``load_image`` returns them.
+            Entries are keyed by file stem.
+        layers: Names, indices, globs, ``"all"``, ``"3,8"`` or ``"NAME:cls"``.
+        out: ``.npy`` (one ``(B, C, H, W)`` or ``(B, N, C)`` array; metadata in ``out.json``),
+            ``.safetensors`` (one tensor per image, points under ``STEM/points``; metadata as
+            JSON under the header key ``hypercolumns``) or ``.pt`` (a dict of ``features``,
+            ``points`` and ``metadata``).
+        points: ``None`` for dense hypercolumns; ``N`` pixels to sample per image; an ``(N, 2)``
+            tensor of ``(y, x)`` pixels; or a file of them (see
+            :func:`~hypercolumns.features.points.read_points`).
+        seed: Seed of ``points=N``; ``None`` for fresh pixels each image.
+        align: ``"rf"`` or ``"half-pixel"``.
+        dtype: ``"float32"`` or ``"float16"``, as written.
+        size: Dense output ``H`` or ``(H, W)``; by default each image's size.
+        max_bytes: Refuse outputs estimated larger than this.
+        progress: Called with ``(done, total)`` images: ``done=0`` when the computing starts,
+            then after each image.
+
+    Returns:
+        :class:`Written`: the paths, each entry's shape and the metadata.
+
+    Raises:
+        OutputTooLargeError: The output would be larger than ``max_bytes``.
+        HypercolumnsError: An unknown extension, mixed sizes for ``.npy``, repeated stems for
+            ``.safetensors``/``.pt``, points outside an image, unknown layers, unreadable images.
+    """
+    out = Path(out)
+    suffix = check_suffix(out)
+    if dtype not in ("float32", "float16"):
+        raise HypercolumnsError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    check_align(align)
+    out_size = None if size is None else parse_size(size)
+    spec = model if isinstance(model, str) else f"{type(model).__module__}:{type(model).__name__}"
+    if isinstance(model, str):
+        net = load_model(model, pretrained=pretrained, weights=weights, **dict(model_kwargs or {}))
+        weights_text = describe_weights(spec, weights, pretrained)
+    else:
+        net = model
+        given = weights is not None or pretrained
+        weights_text = describe_weights(spec, weights, pretrained) if given else "as given"
+    loaded = [
+        image
+        if isinstance(image, tuple)
+        else load_image(image, net, mean=mean, std=std, resize=resize, crop=crop)
+        for image in images
+    ]
+    if not loaded:
+        raise HypercolumnsError("no images given")
+    records = [prep for _, prep in loaded]
+    keys = [Path(prep.path).stem for prep in records]
+    check_stackable(suffix, keys, records)
+
+    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    plans: dict[tuple[int, int], HypercolumnExtractor] = {}
+
+    def plan(x: torch.Tensor) -> HypercolumnExtractor:
+        key = (int(x.shape[-2]), int(x.shape[-1]))
+        if key not in plans:
+            plans[key] = HypercolumnExtractor(
+                net, layers, key, in_channels=x.shape[1], align=align, size=out_size,
+                dtype=torch_dtype, max_bytes=max_bytes,
+            )  # fmt: skip
+        return plans[key]
+
+    first = plan(loaded[0][0])
+    sample: int | torch.Tensor | None
+    if isinstance(points, str | Path):
+        sample = read_points(points, records[0].size)
+    elif isinstance(points, int):
+        sample = positive_int(points, "points")
+    else:
+        sample = points
+    _check_size(first, records, sample, out_size, torch_dtype, max_bytes)
+
+    features: dict[str, torch.Tensor] = {}
+    coords: dict[str, torch.Tensor] = {}
+    if progress is not None:
+        progress(0, len(loaded))
+    for done, (key, (x, _)) in enumerate(zip(keys, loaded, strict=True), start=1):
+        result = plan(x)(x, sample, seed=seed)
+        features[key] = result.features[0].to(torch_dtype)
+        if result.points is not None:
+            coords[key] = result.points[0]
+        if progress is not None:
+            progress(done, len(loaded))
+
+    n_points = sample if isinstance(sample, int) or sample is None else int(sample.shape[-2])
+    first_prep = records[0]
+    metadata = run_metadata(
+        spec, net, first.layers, first.slices, model_kwargs=model_kwargs, weights=weights_text,
+        points=n_points, seed=seed if isinstance(sample, int) else None, align=align,
+        dtype=dtype, size=out_size, shapes=True,
+        preprocessing={
+            "channels": first_prep.channels, "resize": first_prep.resize,
+            "crop": first_prep.crop, "mean": first_prep.mean, "std": first_prep.std,
+            "interpolation": first_prep.interpolation,
+        },
+    )  # fmt: skip
+    metadata["layout"] = "(B, N, C)" if coords else "(B, C, H, W)"
+    metadata["points"] = None if points is None else {"spec": _spec(points)}
+    metadata["images"] = [
+        {"key": key, **prep.to_dict()} for key, prep in zip(keys, records, strict=True)
+    ]
+    if suffix == ".npy":
+        if coords:
+            metadata["points"]["coordinates"] = [coords[k].tolist() for k in keys]
+        stacked = torch.stack([features[k] for k in keys])
+        return Written(write_npy(out, stacked, metadata), {"all": list(stacked.shape)}, metadata)
+    written = write_tensors(out, features, coords, metadata)
+    return Written(written, {k: list(v.shape) for k, v in features.items()}, metadata)
+
+
+def _spec(points: int | torch.Tensor | str | Path) -> str:
+    """How the points were given, in words: the count, the file, or ``"given"``."""
+    return "given" if isinstance(points, torch.Tensor) else str(points)
+
+
+def _check_size(
+    extractor: HypercolumnExtractor,
+    records: Sequence[Preprocessing],
+    points: int | torch.Tensor | None,
+    size: tuple[int, int] | None,
+    dtype: torch.dtype,
+    max_bytes: int,
+) -> None:
+    """Refuse an output over ``max_bytes``: channels times pixels (or points) over the images."""
+    item = torch.finfo(dtype).bits // 8
+    if isinstance(points, int):
+        pixels = [points] * len(records)
+    elif points is not None:
+        pixels = [int(points.shape[-2])] * len(records)
+    else:
+        pixels = [(size or prep.size)[0] * (size or prep.size)[1] for prep in records]
+    need = extractor.channels * item * sum(pixels)
+    if need > max_bytes:
+        detail = f"{len(records)} image(s), {extractor.channels} channels, {item}-byte values"
+        raise OutputTooLargeError(
+            f"the output would take about {need / 1e9:.2f} GB ({detail}), over the "
+            f"{max_bytes / 1e9:.2f} GB allowed (max_bytes); sample points, use dtype float16, "
+            "fewer layers or a larger max_bytes",
+            need=need,
+            limit=max_bytes,
+            detail=detail,
+        )

@@ -475,7 +475,7 @@ def erf(
     batch_size = positive_int(batch_size, "batch_size")
     size = parse_size(input_size)
     channels = input_channels(model) if in_channels is None else int(in_channels)
-    found = select(list_layers(model, size, in_channels=channels), layer)
+    found = select(list_layers(model, size, in_channels=channels), layer, input_size=size)
     if len(found) != 1:
         names = ", ".join(f.name for f in found)
         raise HypercolumnsError(f"name one layer, not {len(found)} ({names})")

@@ -1,5 +1,9 @@
 """List a model's layers with their receptive fields, and select layers by name, index or glob.
 
+The layer grammar (one for the whole package: :func:`select`): a name, an index (negative from
+the end of the leaf layers), a glob, ``"all"``, a comma-separated string of these, or
+``"NAME:cls"``, the class token of a vision-transformer layer (a global pseudo-layer).
+
 A *layer* is a module of ``model.named_modules()`` that produced a tensor when the model ran.
 Layers are listed in the order modules first ran (a container before its children). Leaf
 modules are also numbered in that order (``Layer.index``), so ``torchvision:vgg16`` layers
@@ -24,9 +28,12 @@ from hypercolumns.models import input_channels
 from hypercolumns.rf.geometry import ReceptiveField
 from hypercolumns.rf.trace import State, joined_axes, trace
 
-__all__ = ["Layer", "MapLayout", "layers", "select"]
+__all__ = ["CLS", "Layer", "MapLayout", "class_token", "layers", "select"]
 
 LayerSpec = str | int | Sequence[str | int]
+
+CLS = ":cls"
+"""Suffix naming the class token of a token layer: ``"blocks.11:cls"``."""
 
 
 @dataclass(frozen=True)
@@ -219,18 +226,53 @@ def spec_items(spec: LayerSpec) -> list[str | int]:
     return items
 
 
-def select(available: Sequence[Layer], spec: LayerSpec) -> list[Layer]:
+def class_token(base: Layer, input_size: tuple[int, int]) -> Layer:
+    """The class token of the token layer ``base`` as a layer of its own, ``"NAME:cls"``: the
+    first token of ``base``'s output, global (it sees the whole ``input_size`` input) with the
+    ``base.channels`` values of one token.
+
+    Raises:
+        LayerNotFoundError: ``base`` has no class token in front of its tokens.
+    """
+    layout = base.layout
+    if layout is None or layout.y != layout.x or layout.prefix < 1:
+        raise LayerNotFoundError(
+            f"layer {base.name!r} has no class token: {CLS!r} needs a token output "
+            f"(B, 1 + N, C) with a class token in front, as vision-transformer blocks have; "
+            f"{base.name!r} has output shape {base.shape}"
+        )
+    return Layer(
+        index=None,
+        name=base.name + CLS,
+        type=base.type,
+        shape=(base.channels,),
+        rf=ReceptiveField.whole(*input_size),
+        layout=None,
+    )
+
+
+def select(
+    available: Sequence[Layer],
+    spec: LayerSpec,
+    *,
+    input_size: int | str | Sequence[int] | None = None,
+) -> list[Layer]:
     """The layers named by ``spec``, in the order given.
 
     Args:
         available: Layers of a model, as :func:`layers` returns them.
         spec: A name, an index (negative counts from the end of the leaf layers), a glob pattern
-            (``"features.*"``), ``"all"`` (every spatial leaf layer), a comma-separated string
-            of these (``"3,8"``), or a sequence of them.
+            (``"features.*"``), ``"all"`` (every spatial leaf layer), ``"NAME:cls"`` (the class
+            token of the token layers ``NAME`` names, see :func:`class_token`), a
+            comma-separated string of these (``"3,8"``), or a sequence of them.
+        input_size: ``H`` or ``(H, W)`` the layers were listed at; only ``"NAME:cls"`` needs
+            it, and by default it is read from the layers that see the whole input (a
+            classifier head, attention blocks).
 
     Raises:
         LayerNotFoundError: A name, index or pattern matches nothing; the message lists the
-            closest names. A layer given twice is also an error.
+            closest names. A layer given twice, or ``":cls"`` of a layer without a class token,
+            is also an error.
     """
     items = spec_items(spec)
     if not items:
@@ -239,12 +281,33 @@ def select(available: Sequence[Layer], spec: LayerSpec) -> list[Layer]:
     leaves = [layer for layer in available if layer.index is not None]
     chosen: list[Layer] = []
     for item in items:
-        found = _match(item, by_name, leaves)
+        if isinstance(item, str) and item.endswith(CLS) and item not in by_name:
+            size = _whole_input(available, input_size)
+            bases = _match(item[: -len(CLS)], by_name, leaves)
+            found = [class_token(base, size) for base in bases]
+        else:
+            found = _match(item, by_name, leaves)
         for layer in found:
             if any(c.name == layer.name for c in chosen):
                 raise LayerNotFoundError(f"layer {layer.name!r} is given twice")
             chosen.append(layer)
     return chosen
+
+
+def _whole_input(
+    available: Sequence[Layer], input_size: int | str | Sequence[int] | None
+) -> tuple[int, int]:
+    """``input_size`` as ``(H, W)``, or the extent of a layer that sees the whole input (a
+    global layer, or tokens after attention: their receptive field is the input itself)."""
+    if input_size is not None:
+        return parse_size(input_size)
+    for layer in available:
+        if layer.rf is not None and layer.rf.axes is None:
+            return layer.rf.size
+    raise LayerNotFoundError(
+        "':cls' layers are global, so their receptive field is the whole input, whose size "
+        "these layers do not show: pass input_size=(H, W)"
+    )
 
 
 def _match(item: str | int, by_name: dict[str, Layer], leaves: list[Layer]) -> list[Layer]:

@@ -28,6 +28,7 @@ from hypercolumns.rf.layers import Layer
 __all__ = [
     "FORMATS",
     "channel_grid",
+    "check_path",
     "erf_comparison",
     "erf_map",
     "erf_on_image",
@@ -273,20 +274,25 @@ def receptive_fields(
     return fig
 
 
+def check_path(path: str | Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if its extension is one of :data:`FORMATS`."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise HypercolumnsError(
+            f"cannot write a figure to {str(path)!r}: use a {', '.join(FORMATS)} file name"
+        )
+    return path
+
+
 def save(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
     """Write ``fig`` to ``path`` (PNG, PDF or SVG by extension) atomically.
 
     Raises:
         HypercolumnsError: The extension is not one of :data:`FORMATS`.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise HypercolumnsError(
-            f"cannot write a figure to {str(path)!r}: use a {', '.join(FORMATS)} file name"
-        )
+    path = check_path(path)
     with staged(path) as (tmp,), tmp.open("wb") as fh:
-        fig.savefig(fh, format=suffix[1:], dpi=dpi)
+        fig.savefig(fh, format=path.suffix.lower()[1:], dpi=dpi)
     return path
 
 
