@@ -199,20 +199,16 @@ def check_figure(out: Path | None) -> None:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files in ``folder`` for ``erf --images`` (by extension, sorted by name).
-
-    ``extract DIR`` lists folders with :func:`hypercolumns.pipeline.expand_inputs` (recursive,
-    its own suffixes); this is the one other notion of an image file, to be replaced by the
-    pipeline's lister.
-    """
-    from PIL import Image
+    """The image files in ``folder`` for ``erf --images``: those ``extract DIR`` would take
+    (:func:`hypercolumns.pipeline.image_files`), without subfolders."""
+    from hypercolumns.pipeline import IMAGE_SUFFIXES
+    from hypercolumns.pipeline import image_files as listed
 
     if not folder.is_dir():
         raise HypercolumnsError(f"--images {str(folder)!r} is not a folder")
-    known = {ext.lower() for ext in Image.registered_extensions()}
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in known)
+    files = listed(folder, recursive=False)
     if not files:
         raise HypercolumnsError(
-            f"--images {str(folder)!r} holds no image files (by extension: .jpg, .png, ...)"
+            f"--images {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     return files

@@ -29,6 +29,7 @@ from torch import nn
 
 from hypercolumns._checks import image_batch, parse_size
 from hypercolumns.errors import HypercolumnsError
+from hypercolumns.features._plans import planned
 from hypercolumns.features._resample import AxisMap, AxisPlan, PointPlan, resample
 from hypercolumns.features.align import Align, axis_maps, check_align, unit_coordinates
 from hypercolumns.features.maps import FeatureExtractor
@@ -471,7 +472,10 @@ def hypercolumns(
 ) -> Hypercolumns:
     """Hypercolumns of the images ``x``: per pixel, the chosen layers' activations stacked.
 
-    For many batches of one size build a :class:`HypercolumnExtractor` once instead.
+    Calling it in a loop costs what a planned :class:`HypercolumnExtractor` does: the plan
+    (the receptive-field analysis and resampling tables) is kept per model, layers, input size
+    and options, and made again when the model's modules change. Only calls with ``normalize``
+    or ``project`` tensors are planned afresh each time.
 
     Args:
         model: Any ``nn.Module`` taking ``(B, C, H, W)`` images; left as found.
@@ -506,16 +510,49 @@ def hypercolumns(
             dtype the device cannot do, or a bad ``normalize`` / ``project``.
     """
     image_batch(x)
-    extractor = HypercolumnExtractor(
-        model,
-        layers,
-        tuple(x.shape[-2:]),
-        in_channels=x.shape[1],
-        align=align,
-        size=size,
-        dtype=dtype,
-        normalize=normalize,
-        project=project,
-        max_bytes=max_bytes,
-    )
+
+    def build() -> HypercolumnExtractor:
+        return HypercolumnExtractor(
+            model,
+            layers,
+            tuple(x.shape[-2:]),
+            in_channels=x.shape[1],
+            align=align,
+            size=size,
+            dtype=dtype,
+            normalize=normalize,
+            project=project,
+            max_bytes=max_bytes,
+        )
+
+    key = _plan_key(layers, x, align, size, dtype, normalize, project, max_bytes)
+    if key is None:
+        extractor = build()
+    else:
+        extractor = planned(model, key, build, lambda e: e.features._hold_weakly())
     return extractor(x, points, labels=labels, seed=seed)
+
+
+def _plan_key(
+    layers: LayerSpec,
+    x: torch.Tensor,
+    align: Align,
+    size: int | Sequence[int] | None,
+    dtype: torch.dtype | None,
+    normalize: Normalize,
+    project: Mapping[str, torch.Tensor | Projection] | None,
+    max_bytes: int | None,
+) -> tuple[object, ...] | None:
+    """What a one-shot plan depends on, or ``None`` not to keep one: tensors given for
+    ``normalize`` or ``project`` may change in place, so those calls are planned afresh."""
+    if project or not (normalize is None or normalize == "l2"):
+        return None
+    spec = layers if isinstance(layers, str | int) else tuple(layers)
+    shape = tuple(x.shape[1:])
+    size_key = size if size is None or isinstance(size, int) else tuple(size)
+    try:
+        key = (spec, shape, align, size_key, dtype, normalize, max_bytes)
+        hash(key)
+    except TypeError:
+        return None
+    return key

@@ -16,6 +16,7 @@ pixel.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
@@ -85,7 +86,8 @@ class FeatureExtractor:
         in_channels: int | None = None,
         available: Sequence[Layer] | None = None,
     ) -> None:
-        self.model = model
+        self._model: nn.Module | None = model
+        self._model_ref = weakref.ref(model)
         self.input_size = parse_size(input_size)
         self.in_channels = input_channels(model) if in_channels is None else int(in_channels)
         if available is None:
@@ -99,6 +101,19 @@ class FeatureExtractor:
             for name in self._sources
         }
         self._clone: set[str] = self._probe()
+
+    @property
+    def model(self) -> nn.Module:
+        """The model this extractor runs."""
+        model = self._model if self._model is not None else self._model_ref()
+        if model is None:
+            raise ModelError("the model of this extractor no longer exists")
+        return model
+
+    def _hold_weakly(self) -> None:
+        """Keep only a weak reference to the model (for plans kept by the one-shot functions,
+        which must not keep a model alive)."""
+        self._model = None
 
     def _probe(self) -> set[str]:
         """Captured outputs that a later in-place op changes (found on meta tensors)."""

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from hypercolumns._checks import size_spec
-from hypercolumns._version import __version__
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.features.bands import BandedHypercolumns, working_set
 from hypercolumns.features.columns import HypercolumnExtractor
+from hypercolumns.io.metadata import describe_weights, run_metadata
 from hypercolumns.io.store import FORMAT, FORMAT_VERSION, ImageResult
-from hypercolumns.models import default_input_size, input_channels, load_model, weights_digest
+from hypercolumns.models import default_input_size, input_channels, load_model
 from hypercolumns.pipeline.decoding import Decoded, DecodeOptions
 from hypercolumns.pipeline.settings import Settings
 
@@ -149,41 +149,29 @@ class Extraction:
     def config(self, *, labels: bool = False) -> dict[str, Any]:
         """The store configuration of this run (``labels``: sparse points carry mask labels)."""
         s, opts, ref = self.settings, self.decode_options, self._reference
-        geometry = []
-        for layer in ref.layers:
-            record = layer.to_dict()
-            record.pop("shape", None)
-            geometry.append(record)
-        weights = f"pretrained ({s.model})" if s.pretrained else s.weights or "random (seed 0)"
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "kind": s.kind,
-            "run": {
-                "model": s.model,
-                "model_kwargs": dict(s.model_kwargs),
-                "weights_sha256": weights_digest(self.model),
-                "layers": list(self.layers),
-                "points": s.points,
-                "seed": s.seed if s.points is not None else None,
-                "labels": labels and s.points is not None,
-                "align": s.align,
-                "dtype": s.dtype,
-                "size": None if s.size is None else list(s.size),
-                "preprocessing": {
-                    "channels": opts.channels,
-                    "resize": s.resize,
-                    "crop": s.crop,
-                    "mean": list(opts.mean),
-                    "std": list(opts.std),
-                    "interpolation": opts.interpolation,
-                },
+        metadata = run_metadata(
+            s.model,
+            self.model,
+            ref.layers,
+            ref.slices,
+            model_kwargs=s.model_kwargs,
+            weights=describe_weights(s.model, s.weights, s.pretrained, seed=0),
+            points=s.points,
+            seed=s.seed,
+            labels=labels,
+            align=s.align,
+            dtype=s.dtype,
+            size=s.size,
+            preprocessing={
+                "channels": opts.channels,
+                "resize": s.resize,
+                "crop": s.crop,
+                "mean": opts.mean,
+                "std": opts.std,
+                "interpolation": opts.interpolation,
             },
-            "weights": weights,
-            "channels": {k: [v.start, v.stop] for k, v in ref.slices.items()},
-            "geometry": geometry,
-            "hypercolumns_version": __version__,
-        }
+        )
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": s.kind, **metadata}
 
     # -- planning ------------------------------------------------------------------------------
 
