@@ -556,3 +556,44 @@ def test_killed_sparse_run_then_rerun_equals_a_clean_run(tmp_path: Path, one_thr
         np.testing.assert_array_equal(a[key].features, b[key].features)
     rows = Counter(pq.read_table(killed, columns=["key"]).column("key").to_pylist())
     assert rows == dict.fromkeys(a, 6)  # pyarrow alone: every image once, none partial
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_run_commits_what_is_complete_and_says_so(
+    tmp_path: Path, one_thread: None, sig: signal.Signals
+) -> None:
+    """SIGTERM (what Slurm, Kubernetes and ``docker stop`` send) killed a sparse run at once,
+    losing every image waiting for its part; now it is handled like Ctrl-C: the pending rows
+    are committed, one line says what was kept, and the exit code is 128 + the signal."""
+    images = tmp_path / "images"
+    for i in range(40):
+        picture(images / f"{i:02d}.png", (20, 16), i)
+    out, clean = tmp_path / "signalled.parquet", tmp_path / "clean.parquet"
+    args = ["extract", SLOW, str(images), "-l", "1,4", "-p", "6", "--dtype", "float16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hypercolumns", *args, "-o", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (out / st.BOOK).exists():
+        assert proc.poll() is None
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.6)  # about 12 images at 0.05 s each
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig
+    last = err.decode().strip().splitlines()[-1]
+    kept = int(last.split(" keeps ")[1].split()[0])
+    assert last.startswith(f"interrupted ({sig.name}): {out} keeps ")
+    assert 1 <= kept < 40
+    rows = Counter(pq.read_table(out, columns=["key"]).column("key").to_pylist())
+    assert len(rows) == kept  # pyarrow alone: the kept images, whole
+    assert set(rows.values()) == {6}
+    cli_args = [sys.executable, "-m", "hypercolumns", *args]
+    assert subprocess.run([*cli_args, "-o", str(out)], env=env, check=False).returncode == 0
+    assert subprocess.run([*cli_args, "-o", str(clean)], env=env, check=False).returncode == 0
+    a, b = pq.read_table(out).to_pandas(), pq.read_table(clean).to_pandas()
+    a, b = (t.sort_values(["key", "y", "x"]).reset_index(drop=True) for t in (a, b))
+    assert a["key"].tolist() == b["key"].tolist()
+    np.testing.assert_array_equal(np.stack(a["features"]), np.stack(b["features"]))

@@ -16,7 +16,7 @@ import typer
 
 from hypercolumns._allocator import keep_freed_memory
 from hypercolumns._version import __version__
-from hypercolumns.cli import demo, draw, erf, extract, layers, show
+from hypercolumns.cli import _signals, demo, draw, erf, extract, layers, show
 from hypercolumns.cli._render import stderr, stdout
 from hypercolumns.errors import HypercolumnsError
 
@@ -32,7 +32,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -63,21 +63,35 @@ app.command()(demo.demo)
 
 
 def main() -> None:
-    """Entry point: run the app; print library errors as one line and exit non-zero."""
+    """Entry point: run the app; print every error as one line and exit non-zero (1; 2 for
+    a command line that does not parse; 128 + the signal when interrupted)."""
     keep_freed_memory()  # this process is ours: see hypercolumns._allocator
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _signals.installed():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.showwarning = _show_warning
         try:
-            app()
+            code = app(standalone_mode=False)  # errors come here, not to Click's printer
+            if _signals.received() is not None:  # Typer turned the interrupt into exit 130
+                _signals.interrupted()
+            if isinstance(code, int) and code:
+                sys.exit(code)
+        except typer.TyperException as err:  # a command line that does not parse
+            if type(err).__name__ == "NoArgsIsHelpError":  # bare `hypercolumns`: the help
+                err.show()  # type: ignore[attr-defined]
+                sys.exit(2)
+            message = err.format_message() if hasattr(err, "format_message") else str(err)
+            stderr.print(f"[bold red]error:[/] {message} (see {_help(err)})", highlight=False)
+            sys.exit(getattr(err, "exit_code", 2))
+        except typer.Abort:
+            stderr.print("aborted", highlight=False)
+            sys.exit(1)
         except HypercolumnsError as err:
             if _state["debug"]:
                 raise
             stderr.print(f"[bold red]error:[/] {err}", highlight=False)
             sys.exit(1)
         except KeyboardInterrupt:
-            stderr.print("interrupted")
-            sys.exit(130)
+            _signals.interrupted()
         except Exception as err:
             if _state["debug"]:
                 raise
@@ -87,6 +101,13 @@ def main() -> None:
                 highlight=False,
             )
             sys.exit(1)
+
+
+def _help(err: Exception) -> str:
+    """``hypercolumns COMMAND --help`` for the command whose line did not parse."""
+    ctx = getattr(err, "ctx", None)
+    path = getattr(ctx, "command_path", "") or "hypercolumns"
+    return f"{path} --help"
 
 
 def _show_warning(

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hypercolumns.cli import _signals
 from hypercolumns.cli._options import (
     Align,
     Crop,
@@ -373,7 +374,7 @@ def _to_store(
 ) -> None:
     """``extract`` into a store: the pipeline, a progress bar, a summary."""
     from hypercolumns._checks import parse_size
-    from hypercolumns.pipeline import Settings, run
+    from hypercolumns.pipeline import Interrupted, Settings, run
 
     if points is not None and not points.strip().isdigit():
         raise HypercolumnsError(
@@ -400,14 +401,21 @@ def _to_store(
     engine = engine or Engine.local
     if engine is Engine.local and (ray_address is not None or actors is not None):
         raise HypercolumnsError("--ray-address and --actors apply to --engine ray")
-    with bar:
-        summary = run(
-            inputs, out, settings, workers=workers, batch_size=batch_size,
-            device=device or "auto", overwrite=overwrite,
-            max_memory=None if max_memory is None else parse_bytes(max_memory),
-            band_rows=band_rows, progress=progress, engine=engine.value,
-            ray_address=ray_address, actors=actors,
-        )  # fmt: skip
+    try:
+        with bar:
+            summary = run(
+                inputs, out, settings, workers=workers, batch_size=batch_size,
+                device=device or "auto", overwrite=overwrite,
+                max_memory=None if max_memory is None else parse_bytes(max_memory),
+                band_rows=band_rows, progress=progress, engine=engine.value,
+                ray_address=ray_address, actors=actors,
+            )  # fmt: skip
+    except Interrupted as err:
+        s = err.summary
+        _signals.interrupted(
+            f"{s.store} keeps {s.done} image(s) of this run ({s.done + s.skipped} of {s.images} "
+            "in all); rerun the same command to continue"
+        )
     if fmt is Format.json:
         print(json.dumps(summary.to_dict()))
     else:

@@ -39,7 +39,7 @@ from hypercolumns.pipeline.extraction import (
     Extraction,
     Failure,
 )
-from hypercolumns.pipeline.running import Engine, RunSummary, run
+from hypercolumns.pipeline.running import Engine, Interrupted, RunSummary, run
 from hypercolumns.pipeline.settings import Settings
 from hypercolumns.pipeline.sources import (
     IMAGE_SUFFIXES,
@@ -57,6 +57,7 @@ __all__ = [
     "Engine",
     "Extraction",
     "Failure",
+    "Interrupted",
     "RunSummary",
     "Settings",
     "Source",

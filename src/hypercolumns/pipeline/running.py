@@ -28,7 +28,7 @@ from hypercolumns.pipeline.extraction import Extraction, Failure
 from hypercolumns.pipeline.settings import Settings
 from hypercolumns.pipeline.sources import Source, expand_inputs
 
-__all__ = ["Engine", "RunSummary", "run"]
+__all__ = ["Engine", "Interrupted", "RunSummary", "run"]
 
 Engine = Literal["local", "ray"]
 
@@ -107,6 +107,19 @@ def _engine(engine: Engine) -> Callable[..., None]:
         _ray.require()
         return _ray.run
     return _local.run
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (or a signal the caller turned into one) after committing what
+    was complete: ``summary.done`` images of this run are in the store; rerun to continue.
+
+    Attributes:
+        summary: What the run did before it stopped.
+    """
+
+    def __init__(self, summary: RunSummary) -> None:
+        super().__init__(summary.store)
+        self.summary = summary
 
 
 def _check_nesting(todo: list[Source], done: set[str]) -> None:
@@ -231,19 +244,26 @@ def run(
     writer = open_writer(out, config, overwrite=overwrite, **dict(writer_options or {}))
     todo = [s for s in sources if s.key not in writer.done]
     sink = Sink(writer, len(todo), progress)
+    skipped = len(sources) - len(todo)
+
+    def summary(done: int) -> RunSummary:
+        return RunSummary(
+            store=str(out), kind=kind, images=len(sources), done=done, skipped=skipped,
+            failed=tuple(sink.failed), banded=sink.banded, bytes_written=writer.bytes_written,
+            seconds=time.perf_counter() - start,
+        )  # fmt: skip
+
     try:
         with writer:
             _check_nesting(todo, writer.done)
             if todo:
                 engine_run(todo, extraction, sink, **options)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM where the caller made it one
+        raise Interrupted(summary(len(writer.done) - skipped)) from err
     except OSError as err:
         raise StoreError(
             f"writing store {str(out)!r} failed: {err.strerror or err}; it keeps the "
             f"{len(writer.done)} images committed before; free space (or fix the folder) and "
             "rerun the same command to continue"
         ) from err
-    return RunSummary(
-        store=str(out), kind=kind, images=len(sources), done=sink.done,
-        skipped=len(sources) - len(todo), failed=tuple(sink.failed), banded=sink.banded,
-        bytes_written=writer.bytes_written, seconds=time.perf_counter() - start,
-    )  # fmt: skip
+    return summary(sink.done)
