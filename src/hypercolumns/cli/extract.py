@@ -49,9 +49,12 @@ def parse_bytes(text: str) -> int:
     value = text.strip().upper()
     number = value.rstrip("KMGTIB")
     try:
-        return int(float(number) * units[value[len(number) :].strip()])
+        size = float(number) * units[value[len(number) :].strip()]
     except (KeyError, ValueError) as err:
         raise HypercolumnsError(f"--max-memory expects e.g. 512MB or 4GB, got {text!r}") from err
+    if not size >= 1:  # also NaN
+        raise HypercolumnsError(f"--max-memory must be a positive size (e.g. 512MB), got {text!r}")
+    return int(size) if size < 2**63 else 2**63 - 1
 
 
 def extract(

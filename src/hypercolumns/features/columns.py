@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
-from hypercolumns._checks import image_batch, parse_size
+from hypercolumns._checks import budget, image_batch, parse_size
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.features._plans import planned
 from hypercolumns.features._resample import AxisMap, AxisPlan, PointPlan, resample
@@ -222,7 +222,7 @@ class HypercolumnExtractor:
         self.size = self.input_size if size is None else parse_size(size)
         self.align = align
         self.dtype = dtype
-        self.max_bytes = max_bytes
+        self.max_bytes = budget(max_bytes, "max_bytes")
         names = [layer.name for layer in self.layers]
         for layer in self.layers:
             if layer.rf is None or (not layer.rf.is_global and layer.layout is None):
@@ -510,6 +510,7 @@ def hypercolumns(
             dtype the device cannot do, or a bad ``normalize`` / ``project``.
     """
     image_batch(x)
+    budget(max_bytes, "max_bytes")
 
     def build() -> HypercolumnExtractor:
         return HypercolumnExtractor(

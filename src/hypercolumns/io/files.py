@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from hypercolumns._atomic import staged
-from hypercolumns._checks import parse_size, positive_int
+from hypercolumns._checks import budget, parse_size, positive_int
 from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
 from hypercolumns.features.align import Align, check_align
 from hypercolumns.features.columns import HypercolumnExtractor
@@ -200,6 +200,7 @@ def extract_to_file(
     if dtype not in ("float32", "float16"):
         raise HypercolumnsError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     check_align(align)
+    budget(max_bytes, "max_bytes")
     out_size = None if size is None else parse_size(size)
     spec = model if isinstance(model, str) else f"{type(model).__module__}:{type(model).__name__}"
     if isinstance(model, str):

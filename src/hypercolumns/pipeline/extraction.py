@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hypercolumns._checks import size_spec
+from hypercolumns._checks import budget, size_spec
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.features.bands import BandedHypercolumns, working_set
 from hypercolumns.features.columns import HypercolumnExtractor
@@ -120,7 +120,7 @@ class Extraction:
     ) -> None:
         self.settings = settings
         self.device = torch.device(device)
-        self.max_memory = DEFAULT_MAX_MEMORY if max_memory is None else int(max_memory)
+        self.max_memory = budget(max_memory, "max_memory") or DEFAULT_MAX_MEMORY
         if band_rows is not None and band_rows < 1:
             raise HypercolumnsError(f"band rows must be positive, got {band_rows}")
         self.band_rows = band_rows

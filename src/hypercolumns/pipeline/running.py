@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from hypercolumns._checks import budget
+from hypercolumns._checks import device as check_device
 from hypercolumns.errors import HypercolumnsError, StoreError
 from hypercolumns.io.store import Kind, folders_of, nesting, open_writer, store_kind
 from hypercolumns.pipeline import _local
@@ -210,8 +212,11 @@ def run(
         raise HypercolumnsError(f"unknown engine {engine!r}: use 'local' or 'ray'")
     if engine == "local" and (ray_address is not None or actors is not None):
         raise HypercolumnsError("a Ray address and actors apply to the Ray engine (engine='ray')")
+    budget(max_memory, "max_memory")
     if engine == "local" and str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device) != "auto":  # Ray: the cluster's devices, not this machine's
+        check_device(device, here=engine == "local")
     on_cpu = engine == "local" and torch.device(device).type == "cpu"
     if batch_size is None:
         batch_size = 1 if on_cpu else 8
