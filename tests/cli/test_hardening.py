@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,67 @@ def test_library_budgets_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(OptionError, match="unknown device"):
         pipeline.run([img], tmp_path / "s.zarr", Settings(model=TINY, layers="1"), device="tpu")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_killed_single_file_write_is_cleaned_up_by_the_next(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "x.npy"
+    writer = (
+        "import sys, time\nfrom pathlib import Path\nfrom hypercolumns._atomic import staged\n"
+        "with staged(Path(sys.argv[1])) as (tmp,):\n"
+        "    tmp.write_bytes(b'half')\n    print(tmp, flush=True)\n    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", writer, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    killed = Path(proc.stdout.readline().strip())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed.exists()
+    assert killed.name.startswith(".x.npy.")
+    from hypercolumns._atomic import writer_tag
+
+    mine = tmp_path / f".x.npy.{writer_tag()}-abcdefgh.tmp"  # a live writer (this process)
+    other = tmp_path / ".x.npy.somethingelse.tmp"  # not a name staged() makes
+    cousin = tmp_path / f".y.npy.{writer_tag().split('-')[0]}-999999999-abcdefgh.tmp"
+    for path in (mine, other, cousin):
+        path.write_bytes(b"")
+    code, _, err = run(["extract", TINY, str(image(tmp_path)), "-l", "1", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert not killed.exists()
+    assert mine.exists()
+    assert other.exists()
+    assert cousin.exists()
+    assert out.exists()
+
+
+def test_the_creation_race_of_a_store_says_another_run_creates_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hypercolumns.io.store import write
+
+    img = image(tmp_path)
+    out = tmp_path / "s.zarr"
+    real = write._book.fsync_tree
+    raced: list[Path] = []
+
+    def fsync_tree(path: Path) -> None:  # the other run renames its store in first
+        real(path)
+        if ".new-" in path.name and not raced:
+            raced.append(path)
+            config = json.loads((path / "_hypercolumns" / "config.json").read_text())
+            write.open_writer(out, config).close()
+
+    monkeypatch.setattr(write._book, "fsync_tree", fsync_tree)
+    code, _, err = run(["extract", TINY, str(img), "-l", "1", "-o", str(out)], capsys)
+    assert_one_line_error(code, err, "another run is creating store")
+    assert raced
+    assert not raced[0].exists()
+    assert (out / "_hypercolumns" / "config.json").is_file()

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from hypercolumns._atomic import leftovers, writer_tag
 from hypercolumns.errors import StoreError
 from hypercolumns.io.store import _book
 from hypercolumns.io.store._book import BOOK, Kind, store_kind
@@ -98,9 +99,10 @@ class StoreWriter:
         """Build the empty store beside its destination and rename it into place."""
         parent = self.path.parent
         parent.mkdir(parents=True, exist_ok=True)
-        for stale in parent.glob(f".{self.path.name}.new-*"):
+        prefix = f".{self.path.name}.new-"
+        for stale in leftovers(parent, prefix):  # only those of runs that are gone
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = parent / f".{self.path.name}.new-{uuid.uuid4().hex[:8]}"
+        tmp = parent / f"{prefix}{writer_tag()}-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir()
             self._init_data(tmp, config)
@@ -108,7 +110,15 @@ class StoreWriter:
             (tmp / BOOK / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             (tmp / BOOK / "manifest.jsonl").touch()
             _book.fsync_tree(tmp)
-            os.rename(tmp, self.path)
+            try:
+                os.rename(tmp, self.path)
+            except OSError as err:
+                if not self.path.exists():
+                    raise
+                raise StoreError(
+                    f"another run is creating store {str(self.path)!r} at the same time; wait "
+                    "for it to finish (rerunning the same command then continues the store)"
+                ) from err
             _book.fsync_path(parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
