@@ -126,3 +126,55 @@ def test_the_creation_race_of_a_store_says_another_run_creates_it(
     assert raced
     assert not raced[0].exists()
     assert (out / "_hypercolumns" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(("header", "swap"), [("y,x", False), ("x,y", True), ('"y","x"', False)])
+def test_a_points_csv_may_have_a_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], header: str, swap: bool
+) -> None:
+    import numpy as np
+
+    pts = tmp_path / "p.csv"
+    pts.write_text(f"{header}\n1,2\n3,4\n")
+    out = tmp_path / "p.npy"
+    code, _, err = run(
+        ["extract", TINY, str(image(tmp_path)), "-l", "1", "--points", str(pts), "-o", str(out)],
+        capsys,
+    )
+    assert code == 0, err
+    meta = json.loads((tmp_path / "p.npy.json").read_text())
+    expected = [[2, 1], [4, 3]] if swap else [[1, 2], [3, 4]]
+    assert meta["points"]["coordinates"] == [expected]
+    assert np.load(out).shape[:2] == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("obj.json", '{"y": 1}', "must be a JSON list of [y, x] pairs"),
+        ("str.json", '"abc"', "must be a JSON list of [y, x] pairs"),
+        ("nested.json", '[{"y": 1, "x": 2}]', "must be a JSON list of [y, x] pairs"),
+        ("hdr.csv", "row,col\n1,2\n", "is not 'y,x'"),
+    ],
+)
+def test_points_files_of_the_wrong_form_say_what_is_expected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str, match: str
+) -> None:
+    pts = tmp_path / name
+    pts.write_text(text)
+    code, _, err = run(
+        [
+            "extract",
+            TINY,
+            str(image(tmp_path)),
+            "-l",
+            "1",
+            "-p",
+            str(pts),
+            "-o",
+            str(tmp_path / "p.npy"),
+        ],
+        capsys,
+    )
+    assert_one_line_error(code, err, match)
+    assert "unexpected" not in err
