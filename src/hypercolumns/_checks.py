@@ -53,11 +53,18 @@ def size_spec(text: str, what: str) -> list[int]:
 
 
 def image_batch(x: object, what: str = "expected images of shape") -> torch.Tensor:
-    """``x`` if it is a ``(B, C, H, W)`` tensor, else :class:`InputSizeError` saying
-    ``"{what} (B, C, H, W), got {shape or type}"``."""
+    """``x`` if it is a non-empty floating-point ``(B, C, H, W)`` tensor, else
+    :class:`InputSizeError` (for another shape: ``"{what} (B, C, H, W), got {shape or type}"``)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise InputSizeError(f"{what} (B, C, H, W), got {got}")
+    if not x.is_floating_point():
+        raise InputSizeError(
+            f"images must be a floating-point tensor, got {x.dtype}; convert them first (e.g. "
+            "x.float() / 255, then normalise), or read files with load_image"
+        )
+    if x.shape[0] == 0:
+        raise InputSizeError(f"the batch holds no images: shape {tuple(x.shape)}")
     return x
 
 

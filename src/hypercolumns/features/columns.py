@@ -34,7 +34,7 @@ from hypercolumns.features._resample import AxisMap, AxisPlan, PointPlan, resamp
 from hypercolumns.features.align import Align, axis_maps, check_align, unit_coordinates
 from hypercolumns.features.maps import FeatureExtractor
 from hypercolumns.features.points import check_points, sample_points
-from hypercolumns.rf.layers import Layer, LayerSpec
+from hypercolumns.rf.layers import Layer, LayerSpec, spec_items
 
 __all__ = ["HypercolumnExtractor", "Hypercolumns", "Projection", "channel_ranges", "hypercolumns"]
 
@@ -511,6 +511,7 @@ def hypercolumns(
     """
     image_batch(x)
     budget(max_bytes, "max_bytes")
+    spec_items(layers)  # a malformed spec fails here, not in the plan cache
 
     def build() -> HypercolumnExtractor:
         return HypercolumnExtractor(
