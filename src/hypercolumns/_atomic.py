@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-__all__ = ["STALE_SECONDS", "leftovers", "staged", "writer_tag"]
+from hypercolumns.errors import HypercolumnsError
+
+__all__ = ["STALE_SECONDS", "check_writable", "leftovers", "staged", "writer_tag"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -98,3 +100,18 @@ def staged(*paths: Path, suffix: str = ".tmp") -> Iterator[list[Path]]:
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work when the file ``path`` cannot be written: its folder (or the first
+    folder above it that exists, which :func:`staged` would create it in) must be a writable
+    folder."""
+    folder = next((p for p in path.absolute().parents if p.exists()), None)
+    if folder is None:  # pragma: no cover - the root always exists
+        return
+    if not folder.is_dir():
+        raise HypercolumnsError(f"cannot write {str(path)!r}: {str(folder)!r} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise HypercolumnsError(
+            f"cannot write {str(path)!r}: the folder {str(folder)!r} is not writable"
+        )

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,10 +71,7 @@ def test_library_budgets_must_be_positive(tmp_path: Path) -> None:
 def test_a_killed_single_file_write_is_cleaned_up_by_the_next(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import os
     import signal
-    import subprocess
-    import sys
 
     out = tmp_path / "x.npy"
     writer = (
@@ -178,3 +179,47 @@ def test_points_files_of_the_wrong_form_say_what_is_expected(
     )
     assert_one_line_error(code, err, match)
     assert "unexpected" not in err
+
+
+def _figure_commands(img: str) -> dict[str, list[str]]:
+    return {
+        "extract": ["extract", TINY, img, "-l", "1"],
+        "show": ["show", TINY, img, "--layer", "1", "--channel", "0"],
+        "draw rf": ["draw", "rf", TINY, img, "--layer", "4", "--unit", "2,3"],
+        "erf": ["erf", TINY, "--layer", "3", "-s", "16", "-n", "2"],
+        "draw conv": ["draw", "conv", "--kernel", "3"],
+    }
+
+
+@pytest.mark.parametrize("command", ["extract", "show", "draw rf", "erf", "draw conv"])
+def test_an_output_under_a_file_fails_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    args = _figure_commands(str(image(tmp_path, size=(32, 32))))[command]
+    out = blocker / ("x.npy" if command == "extract" else "x.png")
+    code, _, err = run([*args, "-o", str(out)], capsys)
+    assert_one_line_error(code, err, "is not a folder")
+    assert "unexpected" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None, reason="root, and no setpriv"
+)
+@pytest.mark.parametrize("command", ["extract", "show", "erf"])
+def test_an_unwritable_folder_is_one_line_before_the_work(tmp_path: Path, command: str) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    args = _figure_commands(str(image(tmp_path, size=(32, 32))))[command]
+    out = ro / ("x.npy" if command == "extract" else "x.png")
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    prefix = drop if os.geteuid() == 0 else []
+    res = subprocess.run(
+        [*prefix, sys.executable, "-m", "hypercolumns", *args, "-o", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert_one_line_error(res.returncode, res.stderr, f"the folder {str(ro)!r} is not writable")
+    assert list(ro.iterdir()) == []

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hypercolumns._atomic import staged
+from hypercolumns._atomic import check_writable, staged
 from hypercolumns._checks import budget, parse_size, positive_int
 from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
 from hypercolumns.features.align import Align, check_align
@@ -61,6 +61,7 @@ def check_suffix(path: Path) -> str:
         )
     if path.is_dir():
         raise HypercolumnsError(f"--out {str(path)!r} is a folder; give a file name")
+    check_writable(path)
     return suffix
 
 
