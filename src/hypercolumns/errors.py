@@ -64,13 +64,17 @@ class OutputTooLargeError(HypercolumnsError, MemoryError):
         need: Bytes the output would take (an estimate made before computing it).
         limit: Bytes allowed.
         detail: What makes it that large, in words (e.g. ``"3 image(s), 192 channels"``).
+        what: What would take it: ``"the output"``, or e.g. ``"decoding 'big.png'"``.
     """
 
-    def __init__(self, message: str, *, need: int, limit: int, detail: str = "") -> None:
+    def __init__(
+        self, message: str, *, need: int, limit: int, detail: str = "", what: str = "the output"
+    ) -> None:
         super().__init__(message)
         self.need = need
         self.limit = limit
         self.detail = detail
+        self.what = what
 
 
 class GeometryWarning(UserWarning):

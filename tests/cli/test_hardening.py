@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -223,3 +224,107 @@ def test_an_unwritable_folder_is_one_line_before_the_work(tmp_path: Path, comman
     )  # fmt: skip
     assert_one_line_error(res.returncode, res.stderr, f"the folder {str(ro)!r} is not writable")
     assert list(ro.iterdir()) == []
+
+
+def _big_png(path: Path, side: int = 2000) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (side, side)).save(path)  # a few KB on disk, 48 MB as a float tensor
+    return path
+
+
+@pytest.fixture
+def no_big_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if big.png is ever decoded."""
+    from hypercolumns import images
+
+    real = images._read
+
+    def read(path: Path) -> Any:
+        assert path.name != "big.png", "big.png was decoded"
+        return real(path)
+
+    monkeypatch.setattr(images, "_read", read)
+
+
+def test_a_store_refuses_an_image_over_the_budget_before_decoding_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_big_decoding: None
+) -> None:
+    _big_png(tmp_path / "big.png")
+    image(tmp_path, "small.png")
+    out = tmp_path / "s.parquet"
+    code, out_text, err = run(
+        ["extract", TINY, str(tmp_path), "-l", "1", "-p", "5", "-o", str(out),
+         "--max-memory", "10MB"],
+        capsys,
+    )  # fmt: skip
+    assert code == 1
+    assert "1 image(s) written" in out_text
+    failed = [line for line in err.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1
+    assert failed[0].startswith("failed: big.png: decoding image")
+    assert "2000x2000 pixels" in failed[0]
+    assert "--max-memory" in failed[0]
+
+
+def test_a_single_file_refuses_an_image_over_the_budget_before_decoding_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_big_decoding: None
+) -> None:
+    big = _big_png(tmp_path / "big.png")
+    out = tmp_path / "x.npy"
+    code, _, err = run(
+        ["extract", TINY, str(big), "-l", "1", "-p", "5", "-o", str(out), "--max-memory", "10MB"],
+        capsys,
+    )
+    assert_one_line_error(code, err, "decoding 'big.png' would take about 0.05 GB")
+    assert "over --max-memory 10MB" in err
+    assert not out.exists()
+
+
+def test_resize_cannot_slip_past_the_memory_guard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = image(tmp_path)  # 16x12
+    out = tmp_path / "r.npy"
+    code, _, err = run(  # dense: the output is what is too large
+        ["extract", TINY, str(img), "-l", "1", "--resize", "50000", "-o", str(out)], capsys
+    )
+    assert_one_line_error(code, err, "the output would take about")
+    assert "over --max-memory 4GB" in err
+    code, _, err = run(  # sparse: the decoded input is
+        ["extract", TINY, str(img), "-l", "1", "-p", "3", "--resize", "50000", "-o", str(out)],
+        capsys,
+    )
+    assert_one_line_error(code, err, "resized to 66667x50000")
+    assert "over --max-memory 4GB" in err
+    assert not out.exists()
+
+
+def test_a_store_failure_names_the_runs_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = image(tmp_path)
+    out = tmp_path / "s.zarr"
+    code, _, err = run(
+        ["extract", TINY, str(img), "-l", "1,4", "--size", "2000,2000", "--max-memory", "10MB",
+         "-o", str(out)],
+        capsys,
+    )  # fmt: skip
+    assert code == 1
+    failed = [line for line in err.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1
+    assert "memory budget of 0.01 GiB (--max-memory)" in failed[0]
+    assert "max_bytes" not in err
+    assert not list(out.glob("img.png*"))
+
+
+def test_the_library_names_its_own_budget(tmp_path: Path) -> None:
+    from hypercolumns.errors import OutputTooLargeError
+    from hypercolumns.images import load_image
+
+    big = _big_png(tmp_path / "big.png", 500)
+    with pytest.raises(OutputTooLargeError, match=r"allowed \(max_bytes\)") as info:
+        load_image(big, max_bytes=1_000_000)
+    assert info.value.need == 500 * 500 * 3 * 4
+    x, _ = load_image(big, max_bytes=3_000_000)
+    assert x.shape == (1, 3, 500, 500)

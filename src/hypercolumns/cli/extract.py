@@ -332,9 +332,13 @@ def _to_file(
             )  # fmt: skip
         except OutputTooLargeError as err:
             raise HypercolumnsError(
-                f"the output would take about {err.need / 1e9:.2f} GB ({err.detail}), over "
-                f"--max-memory {max_memory}; use --points, --dtype float16, fewer layers or a "
-                "larger --max-memory"
+                f"{err.what} would take about {err.need / 1e9:.2f} GB ({err.detail}), over "
+                f"--max-memory {max_memory}; "
+                + (
+                    "use --points, --dtype float16, fewer layers or a larger --max-memory"
+                    if err.what == "the output"
+                    else "downscale the file, --resize less, or a larger --max-memory"
+                )
             ) from err
     if fmt is Format.json:
         print(json.dumps({"written": [str(p) for p in written.paths], "shapes": written.shapes,

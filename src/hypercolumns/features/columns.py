@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from hypercolumns._checks import budget, image_batch, parse_size
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
 from hypercolumns.features._plans import planned
 from hypercolumns.features._resample import AxisMap, AxisPlan, PointPlan, resample
 from hypercolumns.features.align import Align, axis_maps, check_align, unit_coordinates
@@ -313,10 +313,13 @@ class HypercolumnExtractor:
             free = available_bytes(device)
             limit = None if free is None else free // 2
         if limit is not None and need > limit:
-            raise HypercolumnsError(
+            raise OutputTooLargeError(
                 f"hypercolumns of shape {shape} in {dtype} need {_gib(need)}, more than the "
                 f"{_gib(limit)} allowed (max_bytes); sample points (points=N), project the "
-                "layers (project=..., fit_pca), use dtype=torch.float16, or a smaller size"
+                "layers (project=..., fit_pca), use dtype=torch.float16, or a smaller size",
+                need=need,
+                limit=limit,
+                detail=f"hypercolumns of shape {shape} in {dtype}",
             )
 
     def _points(

@@ -40,11 +40,16 @@ class DecodeOptions:
     crop: str | None = None
     points: int | None = None
     seed: int = 0
+    max_bytes: int | None = None
 
     @classmethod
-    def for_model(cls, model: nn.Module, settings: Settings) -> DecodeOptions:
+    def for_model(
+        cls, model: nn.Module, settings: Settings, *, max_bytes: int | None = None
+    ) -> DecodeOptions:
         """How to prepare images for ``model`` as ``settings`` say: the input channels it
-        takes, and the normalisation of ``settings`` or else its own.
+        takes, and the normalisation of ``settings`` or else its own; images whose decoded
+        tensor would take more than ``max_bytes`` (the run's memory budget) are refused before
+        they are decoded.
 
         Raises:
             ModelError: The model's input channels cannot be told.
@@ -65,6 +70,7 @@ class DecodeOptions:
             crop=settings.crop,
             points=settings.points,
             seed=settings.seed,
+            max_bytes=max_bytes,
         )
 
 
@@ -136,6 +142,8 @@ def decode(source: Source, options: DecodeOptions) -> Decoded:
             resize=options.resize,
             crop=options.crop,
             interpolation=options.interpolation,
+            max_bytes=options.max_bytes,
+            budget_name="the run's memory budget, max_memory / --max-memory",
         )
         prep = replace(prep, normalization=options.normalization)
         record["preprocessing"] = prep.to_dict()
