@@ -328,3 +328,25 @@ def test_the_library_names_its_own_budget(tmp_path: Path) -> None:
     assert info.value.need == 500 * 500 * 3 * 4
     x, _ = load_image(big, max_bytes=3_000_000)
     assert x.shape == (1, 3, 500, 500)
+
+
+def test_the_same_model_file_by_another_path_continues_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    img = image(tmp_path)
+    out = tmp_path / "s.parquet"
+    here = Path(TINY.rpartition(":")[0])
+    monkeypatch.chdir(here.parent.parent)
+    relative = f"{here.parent.name}/{here.name}:tiny"
+    code, _, err = run(["extract", relative, str(img), "-l", "1", "-p", "4", "-o", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    code, text, err = run(["extract", TINY, str(img), "-l", "1", "-p", "4", "-o", str(out)],
+                          capsys)  # fmt: skip
+    assert code == 0, err
+    assert "0 image(s) written (1 already there)" in text
+    stored = json.loads((out / "_hypercolumns" / "config.json").read_text())
+    assert stored["run"]["model"] == relative  # kept as given
+    other = TINY.replace(":tiny", ":tiny_vgg")
+    code, _, err = run(["extract", other, str(img), "-l", "1", "-p", "4", "-o", str(out)], capsys)
+    assert_one_line_error(code, err, "another configuration")

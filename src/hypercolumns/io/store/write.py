@@ -49,7 +49,21 @@ class ImageResult:
 
 
 def _identity(config: Mapping[str, Any]) -> Any:
-    return config.get("run")
+    """What must match to continue a store: the ``run`` configuration, a model file spec
+    (``path/to/file.py:factory``) by its file name and factory only, since the same file may be
+    given by another path (relative, absolute, through a link); the weights digest beside it
+    tells the models apart."""
+    run = config.get("run")
+    if isinstance(run, dict) and isinstance(run.get("model"), str):
+        return {**run, "model": _model_identity(run["model"])}
+    return run
+
+
+def _model_identity(spec: str) -> str:
+    file, sep, factory = spec.rpartition(":")
+    if sep and file.endswith(".py"):
+        return f"{file.replace(chr(92), '/').rpartition('/')[2]}:{factory}"
+    return spec
 
 
 class StoreWriter:
