@@ -19,6 +19,7 @@ __all__ = [
     "OptionError",
     "OutputTooLargeError",
     "StoreError",
+    "StoreWarning",
     "WeightsError",
     "closest",
 ]
@@ -79,6 +80,11 @@ class OutputTooLargeError(HypercolumnsError, MemoryError):
 
 class GeometryWarning(UserWarning):
     """An operation's receptive-field geometry is not known; the affected layers are unknown."""
+
+
+class StoreWarning(UserWarning):
+    """A store holds something it should not, or lacks something it should: committed images
+    removed by hand, or images whose files changed since they were committed."""
 
 
 def closest(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:

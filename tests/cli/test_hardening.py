@@ -350,3 +350,56 @@ def test_the_same_model_file_by_another_path_continues_the_store(
     other = TINY.replace(":tiny", ":tiny_vgg")
     code, _, err = run(["extract", other, str(img), "-l", "1", "-p", "4", "-o", str(out)], capsys)
     assert_one_line_error(code, err, "another configuration")
+
+
+def test_a_committed_array_removed_by_hand_is_noticed_on_rerun(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    image(src, "a.png")
+    image(src, "b.png")
+    out = tmp_path / "s.zarr"
+    args = ["extract", TINY, str(src), "-l", "1", "-o", str(out)]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    assert "warning" not in err
+    code, _, err = run(args, capsys)  # nothing changed: no warning
+    assert code == 0
+    assert "warning" not in err
+    shutil.rmtree(out / "a.png")
+    code, text, err = run(args, capsys)
+    assert code == 0
+    assert "0 image(s) written (2 already there)" in text
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1
+    assert "1 committed image(s) are missing from it (removed by hand?): a.png;" in warned[0]
+    assert "--overwrite" in warned[0]
+    assert not (out / "a.png").exists()  # never recomputed into the store silently
+
+
+def test_an_image_replaced_under_its_key_is_noticed_on_rerun(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hypercolumns import pipeline
+    from hypercolumns.errors import StoreWarning
+    from hypercolumns.pipeline import Settings
+
+    src = tmp_path / "in"
+    src.mkdir()
+    image(src, "a.png")
+    image(src, "b.png")
+    out = tmp_path / "s.parquet"
+    args = ["extract", TINY, str(src), "-l", "1", "-p", "4", "-o", str(out)]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    image(src, "a.png", size=(20, 20))  # another picture under the same name
+    code, text, err = run(args, capsys)
+    assert code == 0
+    assert "0 image(s) written (2 already there)" in text
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1
+    assert "1 image file(s) changed since they were committed" in warned[0]
+    assert ": a.png;" in warned[0]
+    with pytest.warns(StoreWarning, match="changed since they were committed"):
+        pipeline.run([src], out, Settings(model=TINY, layers="1", points=4))

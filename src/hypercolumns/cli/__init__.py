@@ -121,4 +121,4 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+    stderr.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)

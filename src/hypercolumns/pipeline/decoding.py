@@ -24,7 +24,7 @@ from hypercolumns.models import input_channels, normalization
 from hypercolumns.pipeline.settings import Settings
 from hypercolumns.pipeline.sources import Source
 
-__all__ = ["DecodeOptions", "Decoded", "decode"]
+__all__ = ["DecodeOptions", "Decoded", "decode", "file_stat"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,13 @@ class Decoded:
     error: str | None = None
 
 
+def file_stat(path: Path) -> dict[str, int]:
+    """The size and modification time of ``path``, recorded with each image so that a rerun
+    notices a file replaced under the same key."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _image_seed(seed: int, key: str) -> int:
     digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -134,6 +141,7 @@ def decode(source: Source, options: DecodeOptions) -> Decoded:
     if source.mask is not None:
         record["mask"] = str(source.mask)
     try:
+        record["source_stat"] = file_stat(source.path)
         x, prep = load_image(
             source.path,
             channels=options.channels,

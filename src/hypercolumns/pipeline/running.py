@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,11 @@ from torch import nn
 
 from hypercolumns._checks import budget
 from hypercolumns._checks import device as check_device
-from hypercolumns.errors import HypercolumnsError, StoreError
+from hypercolumns.errors import HypercolumnsError, StoreError, StoreWarning
 from hypercolumns.io.store import Kind, folders_of, nesting, open_writer, store_kind
 from hypercolumns.pipeline import _local
 from hypercolumns.pipeline._sink import Sink
+from hypercolumns.pipeline.decoding import file_stat
 from hypercolumns.pipeline.extraction import Extraction, Failure
 from hypercolumns.pipeline.settings import Settings
 from hypercolumns.pipeline.sources import Source, expand_inputs
@@ -138,6 +140,46 @@ def _check_nesting(todo: list[Source], done: set[str]) -> None:
             )
 
 
+def _listing(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _warn_about_committed(out: Path, sources: list[Source], writer: Any) -> None:
+    """Warn about committed images removed from the store by hand, and about images whose
+    files changed (size or modification time) since they were committed: neither is
+    recomputed into this store, which never replaces a committed image."""
+    missing = writer.missing()
+    if missing:
+        warnings.warn(
+            f"store {str(out)!r}: {len(missing)} committed image(s) are missing from it "
+            f"(removed by hand?): {_listing(missing)}; they are not recomputed (a store never "
+            "replaces a committed image); rerun with --overwrite (overwrite=True) to recompute "
+            "the store",
+            StoreWarning,
+            stacklevel=3,
+        )
+    changed = []
+    for source in sources:
+        stored = writer.records.get(source.key, {}).get("source_stat")
+        if stored is None or source.error is not None:
+            continue
+        try:
+            now = file_stat(source.path)
+        except OSError:
+            continue
+        if now != stored:
+            changed.append(source.key)
+    if changed:
+        warnings.warn(
+            f"store {str(out)!r}: {len(changed)} image file(s) changed since they were "
+            f"committed (size or modification time): {_listing(changed)}; the store keeps "
+            "their earlier hypercolumns; rerun with --overwrite (overwrite=True) to recompute "
+            "the store, or write another one",
+            StoreWarning,
+            stacklevel=3,
+        )
+
+
 def run(
     inputs: Iterable[str | Path],
     out: str | Path,
@@ -248,6 +290,7 @@ def run(
     config = extraction.config(labels=with_masks == {True})
     writer = open_writer(out, config, overwrite=overwrite, **dict(writer_options or {}))
     todo = [s for s in sources if s.key not in writer.done]
+    _warn_about_committed(out, sources, writer)
     sink = Sink(writer, len(todo), progress)
     skipped = len(sources) - len(todo)
 

@@ -100,8 +100,10 @@ class StoreWriter:
                     "or --overwrite to replace it"
                 )
             self._recover()
-            records, _ = _book.committed(path)
+            records, parts = _book.committed(path)
+            self.records: dict[str, dict[str, Any]] = records
             self.done: set[str] = set(records)
+            self.parts = parts
             self.bytes_written = 0
         except BaseException:
             self._release()
@@ -167,6 +169,10 @@ class StoreWriter:
         staging.mkdir(exist_ok=True)
         _book.drop_torn_tail(self._book_dir / "manifest.jsonl")
         _book.drop_torn_tail(self._book_dir / "failures.jsonl")
+
+    def missing(self) -> list[str]:
+        """Committed images whose data is gone from the store (removed by hand)."""
+        return []
 
     def _staging(self, suffix: str = "") -> Path:
         return self._book_dir / "staging" / f"{uuid.uuid4().hex}{suffix}"
@@ -279,6 +285,9 @@ class DenseWriter(StoreWriter):
         self._groups: set[str] = set()  # parent groups known to exist
         self._folders = {f for key in self.done for f in folders_of(key)}
 
+    def missing(self) -> list[str]:
+        return sorted(k for k in self.done if not (self.path / k / "zarr.json").is_file())
+
     def _init_data(self, root: Path, config: dict[str, Any]) -> None:
         import zarr
 
@@ -382,6 +391,10 @@ class SparseWriter(StoreWriter):
         self._pending: list[ImageResult] = []
         self._pending_bytes = 0
         self._since = 0.0
+
+    def missing(self) -> list[str]:
+        gone = {p for p in self.parts if not (self.path / p).is_file()}
+        return sorted(k for k, r in self.records.items() if r.get("part") in gone)
 
     def _recover(self) -> None:
         super()._recover()
