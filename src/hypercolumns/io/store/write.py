@@ -21,7 +21,7 @@ import numpy as np
 from hypercolumns._atomic import leftovers, writer_tag
 from hypercolumns.errors import StoreError
 from hypercolumns.io.store import _book
-from hypercolumns.io.store._book import BOOK, Kind, store_kind
+from hypercolumns.io.store._book import BOOK, PENDING, Kind, store_kind
 from hypercolumns.io.store.keys import check_key, folders_of, nesting
 
 TILE = 64  # rows and columns of a dense chunk
@@ -399,8 +399,16 @@ class SparseWriter(StoreWriter):
     def _recover(self) -> None:
         super()._recover()
         _, parts = _book.committed(self.path)
+        pending = self._book_dir / PENDING
+        pending.mkdir(exist_ok=True)
+        for part in sorted(pending.iterdir()):
+            if part.name in parts and not (self.path / part.name).exists():
+                os.rename(part, self.path / part.name)  # committed: finish its move
+            else:
+                part.unlink()  # never committed
+        _book.fsync_path(self.path)
         for orphan in self.path.glob("part-*.parquet"):
-            if orphan.name not in parts:
+            if orphan.name not in parts:  # an uncommitted part of an older version
                 orphan.unlink()
         self._next_part = 1 + max((int(p[5:-8]) for p in parts if p[5:-8].isdigit()), default=-1)
 
@@ -458,11 +466,18 @@ class SparseWriter(StoreWriter):
                                **result.record})  # fmt: skip
                 group += count
         _book.fsync_path(tmp)
-        os.rename(tmp, self.path / name)
-        _book.fsync_path(self.path)
+        # a part waits for its commit where plain readers (pyarrow, pandas skip names starting
+        # with '_') do not look, and moves beside the others once the manifest names it
+        waiting = self._book_dir / PENDING / name
+        waiting.parent.mkdir(exist_ok=True)
+        os.rename(tmp, waiting)
+        _book.fsync_path(waiting.parent)
         self._next_part += 1
         self._commit(images, part=name)
-        self.bytes_written += (self.path / name).stat().st_size
+        size = waiting.stat().st_size
+        os.rename(waiting, self.path / name)
+        _book.fsync_path(self.path)
+        self.bytes_written += size
 
 
 def _table(result: ImageResult) -> Any:
