@@ -19,6 +19,7 @@ __all__ = [
     "OptionError",
     "OutputTooLargeError",
     "StoreError",
+    "StoreWarning",
     "WeightsError",
     "closest",
 ]
@@ -64,17 +65,26 @@ class OutputTooLargeError(HypercolumnsError, MemoryError):
         need: Bytes the output would take (an estimate made before computing it).
         limit: Bytes allowed.
         detail: What makes it that large, in words (e.g. ``"3 image(s), 192 channels"``).
+        what: What would take it: ``"the output"``, or e.g. ``"decoding 'big.png'"``.
     """
 
-    def __init__(self, message: str, *, need: int, limit: int, detail: str = "") -> None:
+    def __init__(
+        self, message: str, *, need: int, limit: int, detail: str = "", what: str = "the output"
+    ) -> None:
         super().__init__(message)
         self.need = need
         self.limit = limit
         self.detail = detail
+        self.what = what
 
 
 class GeometryWarning(UserWarning):
     """An operation's receptive-field geometry is not known; the affected layers are unknown."""
+
+
+class StoreWarning(UserWarning):
+    """A store holds something it should not, or lacks something it should: committed images
+    removed by hand, or images whose files changed since they were committed."""
 
 
 def closest(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:

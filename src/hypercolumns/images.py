@@ -37,10 +37,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from hypercolumns._checks import size_spec
-from hypercolumns.errors import ImageError, InputSizeError
+from hypercolumns.errors import ImageError, InputSizeError, OutputTooLargeError
 from hypercolumns.models import INTERPOLATIONS, input_channels, normalization
 
-__all__ = ["Preprocessing", "cropped", "load_image", "per_channel", "read_image", "resized"]
+__all__ = [
+    "Preprocessing",
+    "check_decoded_size",
+    "cropped",
+    "load_image",
+    "per_channel",
+    "read_image",
+    "resized",
+    "resized_size",
+]
 
 
 @dataclass(frozen=True)
@@ -164,22 +173,61 @@ def resized(x: torch.Tensor, spec: str, interpolation: str) -> torch.Tensor:
     """Resize ``(..., H, W)`` by a ``resize`` policy: ``"S"`` (shorter side, aspect kept) or
     ``"H,W"``; antialiased and clamped to ``[0, 1]`` unless ``interpolation`` is ``nearest``
     (masks)."""
-    parts = size_spec(spec, "resize")
     h, w = x.shape[-2:]
-    if len(parts) == 1:
-        short = parts[0]
-        if h <= w:
-            size = (short, max(1, round(w * short / h)))
-        else:
-            size = (max(1, round(h * short / w)), short)
-    else:
-        size = (parts[0], parts[1])
+    size = resized_size((int(h), int(w)), spec)
     if size == (h, w):
         return x
     if interpolation == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
     out = F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True)
     return out.clamp(0, 1)
+
+
+def resized_size(size: tuple[int, int], spec: str) -> tuple[int, int]:
+    """The ``(H, W)`` that a ``resize`` policy makes of an image of ``size``."""
+    parts = size_spec(spec, "resize")
+    h, w = size
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    short = parts[0]
+    if h <= w:
+        return short, max(1, round(w * short / h))
+    return max(1, round(h * short / w)), short
+
+
+def check_decoded_size(
+    path: Path, channels: int, resize: str | None, max_bytes: int, name: str = "max_bytes"
+) -> None:
+    """Refuse, before decoding it, an image whose float tensor (``H * W * channels * 4``
+    bytes, plus as much again resized) would take more than ``max_bytes``; the size comes from
+    the file's header (Pillow opens lazily). Files whose header cannot be read pass: decoding
+    them says why.
+
+    Raises:
+        OutputTooLargeError: The decoded (or resized) image is over ``max_bytes``; ``name`` is
+            how the message names the budget.
+    """
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception:
+        return
+    need = h * w * channels * 4
+    detail = f"{h}x{w} pixels, {channels} float32 channel(s)"
+    if resize is not None:
+        rh, rw = resized_size((h, w), resize)
+        need += rh * rw * channels * 4
+        detail += f", resized to {rh}x{rw} (or turned)"
+    if need > max_bytes:
+        raise OutputTooLargeError(
+            f"decoding image {str(path)!r} would take about {need / 1e9:.2f} GB ({detail}), "
+            f"over the {max_bytes / 1e9:.2f} GB allowed ({name}); downscale the file, "
+            "resize less, or raise the budget",
+            need=need,
+            limit=max_bytes,
+            detail=detail,
+            what=f"decoding {path.name!r}",
+        )
 
 
 def cropped(x: torch.Tensor, spec: str) -> torch.Tensor:
@@ -221,6 +269,8 @@ def load_image(
     resize: str | int | None = None,
     crop: str | None = None,
     interpolation: str | None = None,
+    max_bytes: int | None = None,
+    budget_name: str = "max_bytes",
 ) -> tuple[torch.Tensor, Preprocessing]:
     """Read an image file as a normalised model input.
 
@@ -234,6 +284,9 @@ def load_image(
         resize: ``None`` (keep the size), ``"S"`` (shorter side to S, aspect kept) or ``"H,W"``.
         crop: ``None``/``"none"`` or ``"center:S"``/``"center:H,W"``, applied after ``resize``.
         interpolation: ``bilinear``, ``bicubic`` or ``nearest``; by default the model's.
+        max_bytes: Refuse, before decoding, an image whose float tensor (and its resized
+            copy) would take more bytes than this (see :func:`check_decoded_size`);
+            ``budget_name`` names the budget in the message.
 
     Returns:
         The ``(1, C, H, W)`` float32 input and a record of what was done.
@@ -241,6 +294,7 @@ def load_image(
     Raises:
         ImageError: The file cannot be read, or mean/std do not fit the channels.
         InputSizeError: A malformed resize or crop, or a crop larger than the image.
+        OutputTooLargeError: The decoded image would be larger than ``max_bytes``.
     """
     if channels is None:
         channels = input_channels(model) if model is not None else 3
@@ -262,11 +316,13 @@ def load_image(
     if not all(math.isfinite(m) for m in mean_c):
         raise ImageError(f"mean must be finite, got {list(mean_c)}")
 
+    resize_s = None if resize is None else str(resize)
+    if max_bytes is not None:
+        check_decoded_size(Path(path), channels, resize_s, max_bytes, budget_name)
     img, mode, exif_transposed = _read(Path(path))
     arr, scale, composited = _pixels(img)
     x = _to_channels(arr, channels)
     original = (int(x.shape[2]), int(x.shape[3]))
-    resize_s = None if resize is None else str(resize)
     crop_s = None if crop is None or crop == "none" else crop
     if resize_s is not None:
         x = resized(x, resize_s, interp)

@@ -13,6 +13,7 @@ import warnings
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from hypercolumns._allocator import keep_freed_memory
 from hypercolumns._version import __version__
@@ -80,7 +81,9 @@ def main() -> None:
                 err.show()  # type: ignore[attr-defined]
                 sys.exit(2)
             message = err.format_message() if hasattr(err, "format_message") else str(err)
-            stderr.print(f"[bold red]error:[/] {message} (see {_help(err)})", highlight=False)
+            stderr.print(
+                f"[bold red]error:[/] {escape(message)} (see {_help(err)})", highlight=False
+            )
             sys.exit(getattr(err, "exit_code", 2))
         except typer.Abort:
             stderr.print("aborted", highlight=False)
@@ -88,7 +91,7 @@ def main() -> None:
         except HypercolumnsError as err:
             if _state["debug"]:
                 raise
-            stderr.print(f"[bold red]error:[/] {err}", highlight=False)
+            stderr.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
             sys.exit(1)
         except KeyboardInterrupt:
             _signals.interrupted()
@@ -96,7 +99,7 @@ def main() -> None:
             if _state["debug"]:
                 raise
             stderr.print(
-                f"[bold red]error:[/] unexpected {type(err).__name__}: {err} "
+                f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(str(err))} "
                 "(run with --debug for the traceback)",
                 highlight=False,
             )
@@ -118,4 +121,4 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+    stderr.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)

@@ -49,9 +49,12 @@ def parse_bytes(text: str) -> int:
     value = text.strip().upper()
     number = value.rstrip("KMGTIB")
     try:
-        return int(float(number) * units[value[len(number) :].strip()])
+        size = float(number) * units[value[len(number) :].strip()]
     except (KeyError, ValueError) as err:
         raise HypercolumnsError(f"--max-memory expects e.g. 512MB or 4GB, got {text!r}") from err
+    if not size >= 1:  # also NaN
+        raise HypercolumnsError(f"--max-memory must be a positive size (e.g. 512MB), got {text!r}")
+    return int(size) if size < 2**63 else 2**63 - 1
 
 
 def extract(
@@ -329,9 +332,13 @@ def _to_file(
             )  # fmt: skip
         except OutputTooLargeError as err:
             raise HypercolumnsError(
-                f"the output would take about {err.need / 1e9:.2f} GB ({err.detail}), over "
-                f"--max-memory {max_memory}; use --points, --dtype float16, fewer layers or a "
-                "larger --max-memory"
+                f"{err.what} would take about {err.need / 1e9:.2f} GB ({err.detail}), over "
+                f"--max-memory {max_memory}; "
+                + (
+                    "use --points, --dtype float16, fewer layers or a larger --max-memory"
+                    if err.what == "the output"
+                    else "downscale the file, --resize less, or a larger --max-memory"
+                )
             ) from err
     if fmt is Format.json:
         print(json.dumps({"written": [str(p) for p in written.paths], "shapes": written.shapes,

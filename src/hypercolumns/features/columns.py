@@ -27,14 +27,14 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
-from hypercolumns._checks import image_batch, parse_size
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns._checks import budget, image_batch, parse_size
+from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
 from hypercolumns.features._plans import planned
 from hypercolumns.features._resample import AxisMap, AxisPlan, PointPlan, resample
 from hypercolumns.features.align import Align, axis_maps, check_align, unit_coordinates
 from hypercolumns.features.maps import FeatureExtractor
 from hypercolumns.features.points import check_points, sample_points
-from hypercolumns.rf.layers import Layer, LayerSpec
+from hypercolumns.rf.layers import Layer, LayerSpec, spec_items
 
 __all__ = ["HypercolumnExtractor", "Hypercolumns", "Projection", "channel_ranges", "hypercolumns"]
 
@@ -222,7 +222,7 @@ class HypercolumnExtractor:
         self.size = self.input_size if size is None else parse_size(size)
         self.align = align
         self.dtype = dtype
-        self.max_bytes = max_bytes
+        self.max_bytes = budget(max_bytes, "max_bytes")
         names = [layer.name for layer in self.layers]
         for layer in self.layers:
             if layer.rf is None or (not layer.rf.is_global and layer.layout is None):
@@ -313,10 +313,13 @@ class HypercolumnExtractor:
             free = available_bytes(device)
             limit = None if free is None else free // 2
         if limit is not None and need > limit:
-            raise HypercolumnsError(
+            raise OutputTooLargeError(
                 f"hypercolumns of shape {shape} in {dtype} need {_gib(need)}, more than the "
                 f"{_gib(limit)} allowed (max_bytes); sample points (points=N), project the "
-                "layers (project=..., fit_pca), use dtype=torch.float16, or a smaller size"
+                "layers (project=..., fit_pca), use dtype=torch.float16, or a smaller size",
+                need=need,
+                limit=limit,
+                detail=f"hypercolumns of shape {shape} in {dtype}",
             )
 
     def _points(
@@ -510,6 +513,8 @@ def hypercolumns(
             dtype the device cannot do, or a bad ``normalize`` / ``project``.
     """
     image_batch(x)
+    budget(max_bytes, "max_bytes")
+    spec_items(layers)  # a malformed spec fails here, not in the plan cache
 
     def build() -> HypercolumnExtractor:
         return HypercolumnExtractor(

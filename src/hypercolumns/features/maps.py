@@ -90,6 +90,8 @@ class FeatureExtractor:
         self._model_ref = weakref.ref(model)
         self.input_size = parse_size(input_size)
         self.in_channels = input_channels(model) if in_channels is None else int(in_channels)
+        if in_channels is not None:
+            _check_channels(model, self.in_channels)
         if available is None:
             available = list_layers(model, self.input_size, in_channels=self.in_channels)
         self.available = list(available)
@@ -274,3 +276,16 @@ def feature_maps(
     image_batch(x)
     extractor = FeatureExtractor(model, layers, tuple(x.shape[-2:]), in_channels=x.shape[1])
     return extractor(x, as_maps=as_maps)
+
+
+def _check_channels(model: nn.Module, channels: int) -> None:
+    """Refuse images whose channels the model's first convolution cannot take."""
+    try:
+        expected = input_channels(model)
+    except ModelError:  # no convolution to tell: the model's own error will say
+        return
+    if channels != expected:
+        raise InputSizeError(
+            f"the images have {channels} channel(s) but {type(model).__name__} takes "
+            f"{expected} (its first convolution); give (B, {expected}, H, W) images"
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +135,8 @@ def read_points(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
 
     Args:
         path: ``.npy`` (an ``(N, 2)`` array), ``.json`` (a list of ``[y, x]`` pairs) or
-            ``.csv`` (``y,x`` lines, no header); whole pixel coordinates.
+            ``.csv`` (``y,x`` lines, optionally under a ``y,x`` or ``x,y`` header); whole
+            pixel coordinates.
         size: ``(H, W)`` of the image the points are on: ``0 <= y < H``, ``0 <= x < W``.
 
     Raises:
@@ -151,9 +153,9 @@ def read_points(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
         if path.suffix.lower() == ".npy":
             arr = np.load(path, allow_pickle=False)
         elif path.suffix.lower() == ".json":
-            arr = np.asarray(json.loads(path.read_text()), dtype=np.float64)
+            arr = _json_points(json.loads(path.read_text()), where)
         else:
-            arr = np.loadtxt(path, delimiter=",", ndmin=2)
+            arr = _csv_points(path, where)
     except (OSError, ValueError) as err:
         raise HypercolumnsError(f"cannot read points from {where!r}: {err}") from err
     if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0:
@@ -170,3 +172,43 @@ def read_points(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
             f"(y in 0..{h - 1}, x in 0..{w - 1}); {int(outside.sum())} of {len(arr)} are outside"
         )
     return torch.as_tensor(arr, dtype=torch.long)
+
+
+_JSON_FORM = "a JSON list of [y, x] pairs, e.g. [[10, 20], [30, 5]]"
+
+
+def _json_points(data: object, where: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """The ``(N, 2)`` points of a parsed JSON file: a list of ``[y, x]`` pairs."""
+    if not isinstance(data, list) or not all(
+        isinstance(p, list) and all(isinstance(v, int | float) for v in p) for p in data
+    ):
+        got = {"dict": "a JSON object", "list": "a list of other things", "str": "a string"}
+        kind = got.get(type(data).__name__, "a single value")
+        raise HypercolumnsError(f"points in {where!r} must be {_JSON_FORM}; got {kind}")
+    return np.asarray(data, dtype=np.float64)
+
+
+def _csv_points(path: Path, where: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """The ``(N, 2)`` points of a CSV file: ``y,x`` lines, under an optional ``y,x`` or
+    ``x,y`` header."""
+    with path.open() as fh:
+        first = fh.readline()
+    header = [c.strip().strip('"').lower() for c in first.split(",")]
+    skip, swap = 0, False
+    if any(c and not _number(c) for c in header):
+        if sorted(header) != ["x", "y"]:
+            raise ValueError(
+                f"the header {first.strip()!r} is not 'y,x' (or 'x,y'); a points CSV is y,x "
+                "lines, optionally under a y,x header"
+            )
+        skip, swap = 1, header == ["x", "y"]
+    arr = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
+    return np.ascontiguousarray(arr[:, ::-1]) if swap and arr.shape[1:] == (2,) else arr
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -12,6 +12,7 @@ the destination only when complete, so a failure never leaves a half-written fil
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,17 +21,24 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 from torch import nn
 
-from hypercolumns._atomic import staged
-from hypercolumns._checks import parse_size, positive_int
+from hypercolumns._atomic import check_writable, staged
+from hypercolumns._checks import budget, parse_size, positive_int
 from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
 from hypercolumns.features.align import Align, check_align
 from hypercolumns.features.columns import HypercolumnExtractor
 from hypercolumns.features.points import read_points
-from hypercolumns.images import Preprocessing, load_image
+from hypercolumns.images import (
+    Preprocessing,
+    check_decoded_size,
+    cropped,
+    load_image,
+    resized_size,
+)
 from hypercolumns.io.metadata import describe_weights, run_metadata
-from hypercolumns.models import load_model
+from hypercolumns.models import input_channels, load_model
 from hypercolumns.rf.layers import LayerSpec
 
 __all__ = [
@@ -61,6 +69,7 @@ def check_suffix(path: Path) -> str:
         )
     if path.is_dir():
         raise HypercolumnsError(f"--out {str(path)!r} is a folder; give a file name")
+    check_writable(path)
     return suffix
 
 
@@ -200,6 +209,7 @@ def extract_to_file(
     if dtype not in ("float32", "float16"):
         raise HypercolumnsError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     check_align(align)
+    budget(max_bytes, "max_bytes")
     out_size = None if size is None else parse_size(size)
     spec = model if isinstance(model, str) else f"{type(model).__module__}:{type(model).__name__}"
     if isinstance(model, str):
@@ -209,6 +219,11 @@ def extract_to_file(
         net = model
         given = weights is not None or pretrained
         weights_text = describe_weights(spec, weights, pretrained) if given else "as given"
+    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    for image in images:  # before decoding any: refuse what would not fit max_bytes
+        if not isinstance(image, tuple):
+            _check_decoding(Path(image), net, layers, points, resize, crop, align, out_size,
+                            torch_dtype, max_bytes)  # fmt: skip
     loaded = [
         image
         if isinstance(image, tuple)
@@ -221,7 +236,6 @@ def extract_to_file(
     keys = [Path(prep.path).stem for prep in records]
     check_stackable(suffix, keys, records)
 
-    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     plans: dict[tuple[int, int], HypercolumnExtractor] = {}
 
     def plan(x: torch.Tensor) -> HypercolumnExtractor:
@@ -241,7 +255,7 @@ def extract_to_file(
         sample = positive_int(points, "points")
     else:
         sample = points
-    _check_size(first, records, sample, out_size, torch_dtype, max_bytes)
+    _check_size(first, [r.size for r in records], sample, out_size, torch_dtype, max_bytes)
 
     features: dict[str, torch.Tensor] = {}
     coords: dict[str, torch.Tensor] = {}
@@ -286,25 +300,61 @@ def _spec(points: int | torch.Tensor | str | Path) -> str:
     return "given" if isinstance(points, torch.Tensor) else str(points)
 
 
+def _check_decoding(
+    path: Path,
+    net: nn.Module,
+    layers: LayerSpec,
+    points: int | torch.Tensor | str | Path | None,
+    resize: str | int | None,
+    crop: str | None,
+    align: Align,
+    out_size: tuple[int, int] | None,
+    dtype: torch.dtype,
+    max_bytes: int,
+) -> None:
+    """Refuse, from its header, an image whose decoded tensor would be over ``max_bytes``; when
+    its output would be too, that is the error (the output is what ``max_bytes`` bounds)."""
+    channels = input_channels(net)
+    resize_s = None if resize is None else str(resize)
+    try:
+        check_decoded_size(path, channels, resize_s, max_bytes)
+    except OutputTooLargeError as too_large:
+        if isinstance(points, int) or points is None:
+            size = ext = None
+            with contextlib.suppress(Exception):  # the decoding error then stands alone
+                with PILImage.open(path) as img:
+                    w, h = img.size
+                size = (h, w) if resize_s is None else resized_size((h, w), resize_s)
+                if crop is not None and crop != "none":
+                    shape = cropped(torch.empty((0, *size), device="meta"), crop).shape
+                    size = (int(shape[-2]), int(shape[-1]))
+                ext = HypercolumnExtractor(net, layers, size, in_channels=channels,
+                                           align=align, size=out_size, dtype=dtype)  # fmt: skip
+            if ext is not None and size is not None:
+                _check_size(ext, [size], points, out_size, dtype, max_bytes)
+        raise too_large from None
+
+
 def _check_size(
     extractor: HypercolumnExtractor,
-    records: Sequence[Preprocessing],
+    sizes: Sequence[tuple[int, int]],
     points: int | torch.Tensor | None,
     size: tuple[int, int] | None,
     dtype: torch.dtype,
     max_bytes: int,
 ) -> None:
-    """Refuse an output over ``max_bytes``: channels times pixels (or points) over the images."""
+    """Refuse an output over ``max_bytes``: channels times pixels (or points) over the images
+    (of input ``sizes``)."""
     item = torch.finfo(dtype).bits // 8
     if isinstance(points, int):
-        pixels = [points] * len(records)
+        pixels = [points] * len(sizes)
     elif points is not None:
-        pixels = [int(points.shape[-2])] * len(records)
+        pixels = [int(points.shape[-2])] * len(sizes)
     else:
-        pixels = [(size or prep.size)[0] * (size or prep.size)[1] for prep in records]
+        pixels = [(size or hw)[0] * (size or hw)[1] for hw in sizes]
     need = extractor.channels * item * sum(pixels)
     if need > max_bytes:
-        detail = f"{len(records)} image(s), {extractor.channels} channels, {item}-byte values"
+        detail = f"{len(sizes)} image(s), {extractor.channels} channels, {item}-byte values"
         raise OutputTooLargeError(
             f"the output would take about {need / 1e9:.2f} GB ({detail}), over the "
             f"{max_bytes / 1e9:.2f} GB allowed (max_bytes); sample points, use dtype float16, "

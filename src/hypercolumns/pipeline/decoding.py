@@ -24,7 +24,7 @@ from hypercolumns.models import input_channels, normalization
 from hypercolumns.pipeline.settings import Settings
 from hypercolumns.pipeline.sources import Source
 
-__all__ = ["DecodeOptions", "Decoded", "decode"]
+__all__ = ["DecodeOptions", "Decoded", "decode", "file_stat"]
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,16 @@ class DecodeOptions:
     crop: str | None = None
     points: int | None = None
     seed: int = 0
+    max_bytes: int | None = None
 
     @classmethod
-    def for_model(cls, model: nn.Module, settings: Settings) -> DecodeOptions:
+    def for_model(
+        cls, model: nn.Module, settings: Settings, *, max_bytes: int | None = None
+    ) -> DecodeOptions:
         """How to prepare images for ``model`` as ``settings`` say: the input channels it
-        takes, and the normalisation of ``settings`` or else its own.
+        takes, and the normalisation of ``settings`` or else its own; images whose decoded
+        tensor would take more than ``max_bytes`` (the run's memory budget) are refused before
+        they are decoded.
 
         Raises:
             ModelError: The model's input channels cannot be told.
@@ -65,6 +70,7 @@ class DecodeOptions:
             crop=settings.crop,
             points=settings.points,
             seed=settings.seed,
+            max_bytes=max_bytes,
         )
 
 
@@ -87,6 +93,13 @@ class Decoded:
     points: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     error: str | None = None
+
+
+def file_stat(path: Path) -> dict[str, int]:
+    """The size and modification time of ``path``, recorded with each image so that a rerun
+    notices a file replaced under the same key."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _image_seed(seed: int, key: str) -> int:
@@ -128,6 +141,7 @@ def decode(source: Source, options: DecodeOptions) -> Decoded:
     if source.mask is not None:
         record["mask"] = str(source.mask)
     try:
+        record["source_stat"] = file_stat(source.path)
         x, prep = load_image(
             source.path,
             channels=options.channels,
@@ -136,6 +150,8 @@ def decode(source: Source, options: DecodeOptions) -> Decoded:
             resize=options.resize,
             crop=options.crop,
             interpolation=options.interpolation,
+            max_bytes=options.max_bytes,
+            budget_name="the run's memory budget, max_memory / --max-memory",
         )
         prep = replace(prep, normalization=options.normalization)
         record["preprocessing"] = prep.to_dict()

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hypercolumns._checks import size_spec
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns._checks import budget, size_spec
+from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
 from hypercolumns.features.bands import BandedHypercolumns, working_set
 from hypercolumns.features.columns import HypercolumnExtractor
 from hypercolumns.io.metadata import describe_weights, run_metadata
@@ -120,7 +120,7 @@ class Extraction:
     ) -> None:
         self.settings = settings
         self.device = torch.device(device)
-        self.max_memory = DEFAULT_MAX_MEMORY if max_memory is None else int(max_memory)
+        self.max_memory = budget(max_memory, "max_memory") or DEFAULT_MAX_MEMORY
         if band_rows is not None and band_rows < 1:
             raise HypercolumnsError(f"band rows must be positive, got {band_rows}")
         self.band_rows = band_rows
@@ -141,7 +141,9 @@ class Extraction:
         )  # fmt: skip
         self.layers = [layer.name for layer in reference.layers]
         self._reference = reference
-        self.decode_options = DecodeOptions.for_model(self.model, settings)
+        self.decode_options = DecodeOptions.for_model(
+            self.model, settings, max_bytes=self.max_memory
+        )
         self._plans: _PlanCache[HypercolumnExtractor] = _PlanCache()
         self._bands: _PlanCache[BandedHypercolumns] = _PlanCache()
         self._banding: str | None = None  # why bands cannot be used ("": they can)
@@ -186,16 +188,18 @@ class Extraction:
         return HypercolumnExtractor(
             self.model, self.layers, size, in_channels=self.decode_options.channels,
             align=self.settings.align, size=self.settings.size,
-            dtype=self.settings.torch_dtype, max_bytes=None,
+            dtype=self.settings.torch_dtype, max_bytes=self.max_memory,
         )  # fmt: skip
 
     def _new_banded(self, size: tuple[int, int]) -> BandedHypercolumns:
         """The extractor of ``size`` images in bands."""
         if self.settings.size is not None and tuple(self.settings.size) != size:
+            out_h, out_w = self.settings.size
             raise HypercolumnsError(
-                f"a {size[0]}x{size[1]} image is too large to compute whole within "
-                f"{self.max_memory / 2**30:.2f} GiB, and bands need the output at the input "
-                "size (no --size); raise the memory budget or --resize the images"
+                f"a {size[0]}x{size[1]} image with a {out_h}x{out_w} output (--size) is too "
+                f"large to compute whole within {self._budget()}, and bands need the output at "
+                "the input size (no --size); give a smaller --size, fewer layers, --dtype "
+                "float16 or a larger --max-memory"
             )
         banded = BandedHypercolumns(
             self.model, self.layers, size, in_channels=self.decode_options.channels,
@@ -221,9 +225,17 @@ class Extraction:
             return True
         return self._cost(ext, item) <= self.max_memory
 
+    def _budget(self) -> str:
+        """The run's memory budget, as messages name it."""
+        return f"the run's memory budget of {self.max_memory / 2**30:.2f} GiB (--max-memory)"
+
     def _cost(self, ext: HypercolumnExtractor, item: Decoded) -> int:
         n = None if item.points is None else len(item.points)
-        return working_set(ext, ext.input_size[0], points=n)
+        cost = working_set(ext, ext.input_size[0], points=n)
+        if n is None and ext.size != ext.input_size:  # the output has --size rows, not H
+            item_bytes = (ext.dtype or torch.float32).itemsize
+            cost += 2 * ext.channels * item_bytes * (ext.size[0] - ext.input_size[0]) * ext.size[1]
+        return cost
 
     def band_rows_for(self, item: Decoded) -> int:
         """Output rows per band for ``item``: ``band_rows``, or the most the budget allows."""
@@ -324,6 +336,12 @@ class Extraction:
             if bands:
                 return [self._sparse_in_bands(item) for item in items]
             return list(self._run(items))
+        except OutputTooLargeError as err:
+            if len(items) > 1:
+                return [r for item in items for r in self._guarded([item], bands=bands)]
+            return [failure_of(items[0], f"{err.detail} need {err.need / 2**30:.2f} GiB, more "
+                    f"than {self._budget()}; sample --points, give fewer layers, --dtype "
+                    "float16, a smaller --size, or a larger --max-memory")]  # fmt: skip
         except Exception as err:
             if len(items) == 1:
                 return [failure_of(items[0], err)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hypercolumns.errors import HypercolumnsError, StoreError
+from hypercolumns._checks import budget
+from hypercolumns._checks import device as check_device
+from hypercolumns.errors import HypercolumnsError, StoreError, StoreWarning
 from hypercolumns.io.store import Kind, folders_of, nesting, open_writer, store_kind
 from hypercolumns.pipeline import _local
 from hypercolumns.pipeline._sink import Sink
+from hypercolumns.pipeline.decoding import file_stat
 from hypercolumns.pipeline.extraction import Extraction, Failure
 from hypercolumns.pipeline.settings import Settings
 from hypercolumns.pipeline.sources import Source, expand_inputs
@@ -136,6 +140,46 @@ def _check_nesting(todo: list[Source], done: set[str]) -> None:
             )
 
 
+def _listing(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _warn_about_committed(out: Path, sources: list[Source], writer: Any) -> None:
+    """Warn about committed images removed from the store by hand, and about images whose
+    files changed (size or modification time) since they were committed: neither is
+    recomputed into this store, which never replaces a committed image."""
+    missing = writer.missing()
+    if missing:
+        warnings.warn(
+            f"store {str(out)!r}: {len(missing)} committed image(s) are missing from it "
+            f"(removed by hand?): {_listing(missing)}; they are not recomputed (a store never "
+            "replaces a committed image); rerun with --overwrite (overwrite=True) to recompute "
+            "the store",
+            StoreWarning,
+            stacklevel=3,
+        )
+    changed = []
+    for source in sources:
+        stored = writer.records.get(source.key, {}).get("source_stat")
+        if stored is None or source.error is not None:
+            continue
+        try:
+            now = file_stat(source.path)
+        except OSError:
+            continue
+        if now != stored:
+            changed.append(source.key)
+    if changed:
+        warnings.warn(
+            f"store {str(out)!r}: {len(changed)} image file(s) changed since they were "
+            f"committed (size or modification time): {_listing(changed)}; the store keeps "
+            "their earlier hypercolumns; rerun with --overwrite (overwrite=True) to recompute "
+            "the store, or write another one",
+            StoreWarning,
+            stacklevel=3,
+        )
+
+
 def run(
     inputs: Iterable[str | Path],
     out: str | Path,
@@ -210,8 +254,11 @@ def run(
         raise HypercolumnsError(f"unknown engine {engine!r}: use 'local' or 'ray'")
     if engine == "local" and (ray_address is not None or actors is not None):
         raise HypercolumnsError("a Ray address and actors apply to the Ray engine (engine='ray')")
+    budget(max_memory, "max_memory")
     if engine == "local" and str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device) != "auto":  # Ray: the cluster's devices, not this machine's
+        check_device(device, here=engine == "local")
     on_cpu = engine == "local" and torch.device(device).type == "cpu"
     if batch_size is None:
         batch_size = 1 if on_cpu else 8
@@ -243,6 +290,7 @@ def run(
     config = extraction.config(labels=with_masks == {True})
     writer = open_writer(out, config, overwrite=overwrite, **dict(writer_options or {}))
     todo = [s for s in sources if s.key not in writer.done]
+    _warn_about_committed(out, sources, writer)
     sink = Sink(writer, len(todo), progress)
     skipped = len(sources) - len(todo)
 

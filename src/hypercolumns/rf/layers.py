@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from hypercolumns._checks import parse_size
-from hypercolumns.errors import LayerNotFoundError, closest
+from hypercolumns.errors import LayerNotFoundError, OptionError, closest
 from hypercolumns.models import input_channels
 from hypercolumns.rf.geometry import ReceptiveField
 from hypercolumns.rf.trace import State, joined_axes, trace
@@ -217,12 +219,21 @@ def layers(
 
 def spec_items(spec: LayerSpec) -> list[str | int]:
     """The items of a layer spec: ``"3,8"`` and ``[3, "features.8"]`` both give two."""
+    given: object = [spec] if isinstance(spec, str | int) else spec
+    if isinstance(spec, bool) or not isinstance(given, Sequence):
+        raise OptionError(
+            f"layers must be a name, an index, a glob, 'all', '3,8' or a list of them, got {spec!r}"
+        )
     items: list[str | int] = []
-    for item in [spec] if isinstance(spec, str | int) else list(spec):
+    for item in given:
         if isinstance(item, str):
             items.extend(p.strip() for p in item.split(",") if p.strip())
+        elif not isinstance(item, bool) and isinstance(item, numbers.Integral):
+            items.append(operator.index(item))
         else:
-            items.append(item)
+            raise OptionError(
+                f"layers must be names or indices, got {item!r} ({type(item).__name__}) in {spec!r}"
+            )
     return items
 
 

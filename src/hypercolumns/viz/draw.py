@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import nn
 
-from hypercolumns._atomic import staged
+from hypercolumns._atomic import check_writable, staged
 from hypercolumns._checks import int_at_least, parse_size
 from hypercolumns.errors import HypercolumnsError, InputSizeError
 from hypercolumns.rf.layers import Layer
@@ -602,6 +602,7 @@ def check_path(path: str | Path, *, animated: bool) -> Path:
         raise HypercolumnsError(
             f"cannot write a figure to {str(path)!r}: use a {', '.join(plot.FORMATS)} file name"
         )
+    check_writable(path)
     return path
 
 

@@ -20,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from hypercolumns._atomic import staged
+from hypercolumns._atomic import check_writable, staged
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.rf.erf import ERF
 from hypercolumns.rf.layers import Layer
@@ -281,6 +281,7 @@ def check_path(path: str | Path) -> Path:
         raise HypercolumnsError(
             f"cannot write a figure to {str(path)!r}: use a {', '.join(FORMATS)} file name"
         )
+    check_writable(path)
     return path
 
 

@@ -20,6 +20,7 @@ Kind = Literal["dense", "sparse"]
 FORMAT = "hypercolumns-store"
 FORMAT_VERSION = 1
 BOOK = "_hypercolumns"
+PENDING = "pending"  # folder of the book holding sparse parts until they are committed
 _SUFFIXES: dict[str, Kind] = {".zarr": "dense", ".parquet": "sparse"}
 
 

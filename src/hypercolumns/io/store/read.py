@@ -13,7 +13,7 @@ import numpy as np
 
 from hypercolumns.errors import StoreError
 from hypercolumns.io.store import _book
-from hypercolumns.io.store._book import BOOK, Kind, store_kind
+from hypercolumns.io.store._book import BOOK, PENDING, Kind, store_kind
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,10 @@ class SparseStore(_Store, Mapping[str, SparseEntry]):
         if key not in self._records:
             raise KeyError(key)
         rec = self._records[key]
-        parquet = pq.ParquetFile(self.path / rec["part"])
+        part = self.path / rec["part"]
+        if not part.exists():  # committed, not yet moved beside the others (a crash)
+            part = self.path / BOOK / PENDING / rec["part"]
+        parquet = pq.ParquetFile(part)
         table = parquet.read_row_groups(rec["row_groups"])
         features = table.column("features").combine_chunks()
         width = features.type.list_size

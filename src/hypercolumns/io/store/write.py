@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from hypercolumns._atomic import leftovers, writer_tag
 from hypercolumns.errors import StoreError
 from hypercolumns.io.store import _book
-from hypercolumns.io.store._book import BOOK, Kind, store_kind
+from hypercolumns.io.store._book import BOOK, PENDING, Kind, store_kind
 from hypercolumns.io.store.keys import check_key, folders_of, nesting
 
 TILE = 64  # rows and columns of a dense chunk
@@ -48,7 +49,21 @@ class ImageResult:
 
 
 def _identity(config: Mapping[str, Any]) -> Any:
-    return config.get("run")
+    """What must match to continue a store: the ``run`` configuration, a model file spec
+    (``path/to/file.py:factory``) by its file name and factory only, since the same file may be
+    given by another path (relative, absolute, through a link); the weights digest beside it
+    tells the models apart."""
+    run = config.get("run")
+    if isinstance(run, dict) and isinstance(run.get("model"), str):
+        return {**run, "model": _model_identity(run["model"])}
+    return run
+
+
+def _model_identity(spec: str) -> str:
+    file, sep, factory = spec.rpartition(":")
+    if sep and file.endswith(".py"):
+        return f"{file.replace(chr(92), '/').rpartition('/')[2]}:{factory}"
+    return spec
 
 
 class StoreWriter:
@@ -85,8 +100,10 @@ class StoreWriter:
                     "or --overwrite to replace it"
                 )
             self._recover()
-            records, _ = _book.committed(path)
+            records, parts = _book.committed(path)
+            self.records: dict[str, dict[str, Any]] = records
             self.done: set[str] = set(records)
+            self.parts = parts
             self.bytes_written = 0
         except BaseException:
             self._release()
@@ -98,9 +115,10 @@ class StoreWriter:
         """Build the empty store beside its destination and rename it into place."""
         parent = self.path.parent
         parent.mkdir(parents=True, exist_ok=True)
-        for stale in parent.glob(f".{self.path.name}.new-*"):
+        prefix = f".{self.path.name}.new-"
+        for stale in leftovers(parent, prefix):  # only those of runs that are gone
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = parent / f".{self.path.name}.new-{uuid.uuid4().hex[:8]}"
+        tmp = parent / f"{prefix}{writer_tag()}-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir()
             self._init_data(tmp, config)
@@ -108,7 +126,15 @@ class StoreWriter:
             (tmp / BOOK / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             (tmp / BOOK / "manifest.jsonl").touch()
             _book.fsync_tree(tmp)
-            os.rename(tmp, self.path)
+            try:
+                os.rename(tmp, self.path)
+            except OSError as err:
+                if not self.path.exists():
+                    raise
+                raise StoreError(
+                    f"another run is creating store {str(self.path)!r} at the same time; wait "
+                    "for it to finish (rerunning the same command then continues the store)"
+                ) from err
             _book.fsync_path(parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -143,6 +169,10 @@ class StoreWriter:
         staging.mkdir(exist_ok=True)
         _book.drop_torn_tail(self._book_dir / "manifest.jsonl")
         _book.drop_torn_tail(self._book_dir / "failures.jsonl")
+
+    def missing(self) -> list[str]:
+        """Committed images whose data is gone from the store (removed by hand)."""
+        return []
 
     def _staging(self, suffix: str = "") -> Path:
         return self._book_dir / "staging" / f"{uuid.uuid4().hex}{suffix}"
@@ -255,6 +285,9 @@ class DenseWriter(StoreWriter):
         self._groups: set[str] = set()  # parent groups known to exist
         self._folders = {f for key in self.done for f in folders_of(key)}
 
+    def missing(self) -> list[str]:
+        return sorted(k for k in self.done if not (self.path / k / "zarr.json").is_file())
+
     def _init_data(self, root: Path, config: dict[str, Any]) -> None:
         import zarr
 
@@ -359,11 +392,23 @@ class SparseWriter(StoreWriter):
         self._pending_bytes = 0
         self._since = 0.0
 
+    def missing(self) -> list[str]:
+        gone = {p for p in self.parts if not (self.path / p).is_file()}
+        return sorted(k for k, r in self.records.items() if r.get("part") in gone)
+
     def _recover(self) -> None:
         super()._recover()
         _, parts = _book.committed(self.path)
+        pending = self._book_dir / PENDING
+        pending.mkdir(exist_ok=True)
+        for part in sorted(pending.iterdir()):
+            if part.name in parts and not (self.path / part.name).exists():
+                os.rename(part, self.path / part.name)  # committed: finish its move
+            else:
+                part.unlink()  # never committed
+        _book.fsync_path(self.path)
         for orphan in self.path.glob("part-*.parquet"):
-            if orphan.name not in parts:
+            if orphan.name not in parts:  # an uncommitted part of an older version
                 orphan.unlink()
         self._next_part = 1 + max((int(p[5:-8]) for p in parts if p[5:-8].isdigit()), default=-1)
 
@@ -421,11 +466,18 @@ class SparseWriter(StoreWriter):
                                **result.record})  # fmt: skip
                 group += count
         _book.fsync_path(tmp)
-        os.rename(tmp, self.path / name)
-        _book.fsync_path(self.path)
+        # a part waits for its commit where plain readers (pyarrow, pandas skip names starting
+        # with '_') do not look, and moves beside the others once the manifest names it
+        waiting = self._book_dir / PENDING / name
+        waiting.parent.mkdir(exist_ok=True)
+        os.rename(tmp, waiting)
+        _book.fsync_path(waiting.parent)
         self._next_part += 1
         self._commit(images, part=name)
-        self.bytes_written += (self.path / name).stat().st_size
+        size = waiting.stat().st_size
+        os.rename(waiting, self.path / name)
+        _book.fsync_path(self.path)
+        self.bytes_written += size
 
 
 def _table(result: ImageResult) -> Any:
