@@ -74,8 +74,7 @@ def main() -> None:
             code = app(standalone_mode=False)  # errors come here, not to Click's printer
             if _signals.received() is not None:  # Typer turned the interrupt into exit 130
                 _signals.interrupted()
-            if isinstance(code, int) and code:
-                sys.exit(code)
+            sys.exit(code if isinstance(code, int) else 0)
         except typer.TyperException as err:  # a command line that does not parse
             if type(err).__name__ == "NoArgsIsHelpError":  # bare `hypercolumns`: the help
                 err.show()  # type: ignore[attr-defined]
