@@ -14,7 +14,7 @@ from torch import nn
 
 import hypercolumns as hc
 from hypercolumns.errors import GeometryWarning, InputSizeError, ModelError
-from hypercolumns.rf import trace
+from hypercolumns.rf.trace import _meta
 from tests.tiny_models import (
     HaloAttention,
     OutlookAttention,
@@ -434,7 +434,7 @@ def test_fast_module_forwards_agree_with_dispatch(
 ) -> None:
     model = build()
     fast = [layer.to_dict() for layer in hc.layers(model, size)]
-    monkeypatch.setattr(trace, "_fast_forward", lambda module, tracer: None)
+    monkeypatch.setattr(_meta, "_fast_forward", lambda module, tracer: None)
     assert [layer.to_dict() for layer in hc.layers(model, size)] == fast
 
 
@@ -490,7 +490,7 @@ def test_fast_linear_and_norms_agree_with_dispatch(
 ) -> None:
     model = build()
     fast = [(layer.to_dict(), layer.rf) for layer in hc.layers(model, 67)]
-    monkeypatch.setattr(trace, "_fast_forward", lambda module, tracer: None)
+    monkeypatch.setattr(_meta, "_fast_forward", lambda module, tracer: None)
     assert [(layer.to_dict(), layer.rf) for layer in hc.layers(model, 67)] == fast
 
 
@@ -498,7 +498,7 @@ def test_every_timm_module_with_a_fast_forward_is_tested() -> None:
     from timm import layers as tl
 
     kinds = {type(m) for m in timm_same_shape_modules().modules()}
-    assert {getattr(tl, name) for name in trace._TIMM_SAME_SHAPE} <= kinds
+    assert {getattr(tl, name) for name in _meta._TIMM_SAME_SHAPE} <= kinds
 
 
 def test_fast_linear_on_tokens() -> None:
@@ -665,7 +665,7 @@ def test_index_reorders_channels_but_not_positions() -> None:
 )
 def test_meta_like_is_empty_like(make: Callable[[torch.Tensor], torch.Tensor]) -> None:
     x = make(torch.empty(2, 3, 4, 5, device="meta"))
-    y, ref = trace._meta_like(x), torch.empty_like(x)
+    y, ref = _meta._meta_like(x), torch.empty_like(x)
     assert (y.shape, y.stride(), y.dtype, y.device) == (
         ref.shape,
         ref.stride(),
