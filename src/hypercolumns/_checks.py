@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hypercolumns.errors import HypercolumnsError, InputSizeError, OptionError
+from hypercolumns.errors import InputSizeError, OptionError
 
 __all__ = [
     "budget",
@@ -71,14 +71,14 @@ def image_batch(x: object, what: str = "expected images of shape") -> torch.Tens
 def positive_int(value: object, name: str) -> int:
     """``value`` if it is an int (not a bool) of at least 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HypercolumnsError(f"{name} must be a positive integer, got {value!r}")
+        raise OptionError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
 def int_at_least(value: object, name: str, least: int) -> int:
     """``value`` if it is an int (not a bool) of at least ``least``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise HypercolumnsError(f"{name} must be an integer of at least {least}, got {value!r}")
+        raise OptionError(f"{name} must be an integer of at least {least}, got {value!r}")
     return value
 
 

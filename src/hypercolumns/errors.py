@@ -15,6 +15,7 @@ __all__ = [
     "ImageError",
     "InputSizeError",
     "LayerNotFoundError",
+    "MeasurementError",
     "ModelError",
     "OptionError",
     "OutputTooLargeError",
@@ -56,6 +57,10 @@ class InputSizeError(HypercolumnsError, ValueError):
 
 class StoreError(HypercolumnsError, RuntimeError):
     """An on-disk store cannot be created, written or read, or belongs to another run."""
+
+
+class MeasurementError(HypercolumnsError, RuntimeError):
+    """A gradient measurement cannot be made (clipped receptive field, unit off the map, ...)."""
 
 
 class OutputTooLargeError(HypercolumnsError, MemoryError):

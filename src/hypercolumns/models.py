@@ -163,7 +163,7 @@ def _pretrained_error(spec: str, err: Exception) -> ModelError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ModelError(
         f"cannot download pretrained weights for {spec!r} (no model hub reachable: "
-        f"{reason[:160]}); pass a local state dict with --weights FILE"
+        f"{reason[:160]}); pass a local state dict with weights=FILE (--weights FILE)"
     )
 
 

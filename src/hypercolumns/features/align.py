@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns.errors import OptionError
 from hypercolumns.features._resample import AxisMap
 from hypercolumns.rf.geometry import as_fraction
 from hypercolumns.rf.layers import Layer
@@ -32,7 +32,7 @@ ALIGNS: tuple[Align, ...] = ("rf", "half-pixel")
 def check_align(align: object) -> Align:
     """``align`` if it is one of :data:`ALIGNS`."""
     if align not in ALIGNS:
-        raise HypercolumnsError(f"align must be 'rf' or 'half-pixel', got {align!r}")
+        raise OptionError(f"align must be 'rf' or 'half-pixel', got {align!r}")
     return align
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from hypercolumns._checks import budget, image_batch, parse_size
-from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
+from hypercolumns.errors import LayerNotFoundError, OptionError, OutputTooLargeError
 from hypercolumns.features._plans import planned
 from hypercolumns.features._resample import AxisMap, AxisPlan, PointPlan, resample
 from hypercolumns.features.align import Align, axis_maps, check_align, unit_coordinates
@@ -82,7 +82,7 @@ class Hypercolumns:
         """The channels of layer ``name``: ``(B, C_layer, H, W)`` dense, ``(B, N, C_layer)``
         sparse."""
         if name not in self.slices:
-            raise HypercolumnsError(
+            raise LayerNotFoundError(
                 f"no layer {name!r} in these hypercolumns; they hold {list(self.slices)}"
             )
         sl = self.slices[name]
@@ -116,7 +116,7 @@ def _gib(n: float) -> str:
 
 def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
     if not dtype.is_floating_point:
-        raise HypercolumnsError(
+        raise OptionError(
             f"dtype must be a floating-point type such as torch.float32, torch.float16 or "
             f"torch.bfloat16, got {dtype}"
         )
@@ -126,7 +126,7 @@ def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
             0, torch.zeros(1, dtype=torch.long, device=device)
         )
     except (RuntimeError, TypeError, NotImplementedError) as err:
-        raise HypercolumnsError(
+        raise OptionError(
             f"dtype {dtype} is not supported on {device.type} for hypercolumns "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); use "
             "torch.float32, or torch.float16 / torch.bfloat16 where the device supports them"
@@ -143,11 +143,11 @@ def _check_out(
     out: object, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> None:
     if not isinstance(out, torch.Tensor):
-        raise HypercolumnsError(f"out must be a tensor, got {type(out).__name__}")
+        raise OptionError(f"out must be a tensor, got {type(out).__name__}")
     got = (tuple(out.shape), out.dtype, out.device)
     if got != (shape, dtype, device) or not out.is_contiguous():
         layout = "" if out.is_contiguous() else " (not contiguous)"
-        raise HypercolumnsError(
+        raise OptionError(
             f"out must be a contiguous {dtype} tensor of shape {shape} on {device}, got "
             f"{out.dtype} {tuple(out.shape)} on {out.device}{layout}; allocate it with "
             f"torch.empty({shape}, dtype={dtype})"
@@ -164,17 +164,17 @@ def _projection(
     ):
         matrix, mean = value.components, value.mean
     else:
-        raise HypercolumnsError(
+        raise OptionError(
             f"project[{name!r}] must be a (C_out, C_layer) tensor or a PCA from fit_pca, "
             f"got {type(value).__name__}"
         )
     if matrix.dim() != 2 or matrix.shape[1] != channels:
-        raise HypercolumnsError(
+        raise OptionError(
             f"project[{name!r}] must have shape (C_out, {channels}) for layer {name!r} with "
             f"{channels} channels, got {tuple(matrix.shape)}"
         )
     if mean is not None and tuple(mean.shape) != (channels,):
-        raise HypercolumnsError(
+        raise OptionError(
             f"the PCA for {name!r} has a mean of shape {tuple(mean.shape)}, expected ({channels},)"
         )
     return matrix, mean
@@ -231,7 +231,7 @@ class HypercolumnExtractor:
                     if layer.rf is None
                     else "is laid out as windows (tokens grouped by window), not as a map"
                 )
-                raise HypercolumnsError(
+                raise OptionError(
                     f"the output of layer {layer.name!r} {why}, so it cannot be placed on the "
                     "image; choose other layers (e.g. the block's output), or read it raw with "
                     "feature_maps"
@@ -240,7 +240,7 @@ class HypercolumnExtractor:
         self.normalize = "l2" if isinstance(normalize, str) else None
         unknown = [k for k in (project or {}) if k not in names]
         if unknown:
-            raise HypercolumnsError(
+            raise OptionError(
                 f"project names layers that were not chosen: {unknown}; chosen: {names}"
             )
         self._project = {
@@ -269,14 +269,14 @@ class HypercolumnExtractor:
         if normalize is None or normalize == "l2":
             return {}
         if not isinstance(normalize, Mapping):
-            raise HypercolumnsError(
+            raise OptionError(
                 f"normalize must be None, 'l2', or a mapping layer name -> (mean, std) tensors, "
                 f"got {normalize!r}"
             )
         missing = [n for n in names if n not in normalize]
         extra = [k for k in normalize if k not in names]
         if missing or extra:
-            raise HypercolumnsError(
+            raise OptionError(
                 f"normalize must give (mean, std) for exactly the chosen layers {names}; "
                 f"missing: {missing}, not chosen: {extra}"
             )
@@ -287,7 +287,7 @@ class HypercolumnExtractor:
                 and len(pair) == 2
                 and all(isinstance(t, torch.Tensor) for t in pair)
             ):
-                raise HypercolumnsError(
+                raise OptionError(
                     f"normalize[{name!r}] must be a (mean, std) pair of tensors, got {pair!r}"
                 )
             out[name] = (pair[0], pair[1])
@@ -331,7 +331,7 @@ class HypercolumnExtractor:
         device: torch.device,
     ) -> torch.Tensor:
         if isinstance(points, bool) or not isinstance(points, int | torch.Tensor):
-            raise HypercolumnsError(
+            raise OptionError(
                 f"points must be an int N (pixels to sample) or a (B, N, 2) / (N, 2) tensor of "
                 f"(y, x) pixel coordinates, got {type(points).__name__}"
             )
@@ -345,7 +345,7 @@ class HypercolumnExtractor:
                 self._sampled = {key: pts}
             return pts
         if labels is not None:
-            raise HypercolumnsError("labels= stratifies sampled points: give points=N with it")
+            raise OptionError("labels= stratifies sampled points: give points=N with it")
         return check_points(points, batch, self.input_size, device)
 
     # -- running ---------------------------------------------------------------------------------
@@ -395,7 +395,7 @@ class HypercolumnExtractor:
         if self.dtype is not None:
             _check_dtype(self.dtype, device)
         if labels is not None and points is None:
-            raise HypercolumnsError("labels= stratifies sampled points: give points=N with it")
+            raise OptionError("labels= stratifies sampled points: give points=N with it")
         pts = None if points is None else self._points(points, batch, labels, seed, device)
         if pts is not None and not _same(pts, self._planned_points):
             self._point_plans.clear()
@@ -403,7 +403,7 @@ class HypercolumnExtractor:
         if pts is None:
             shape: tuple[int, ...] = (batch, self.channels, *self.size)
         elif self.size != self.input_size:
-            raise HypercolumnsError(
+            raise OptionError(
                 f"size={self.size} only applies to dense hypercolumns; sparse points are "
                 "input pixel coordinates, so leave size unset with points"
             )

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from hypercolumns._checks import image_batch
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns.errors import OptionError
 from hypercolumns.features.align import Align
 from hypercolumns.features.columns import HypercolumnExtractor
 from hypercolumns.rf.layers import LayerSpec
@@ -83,16 +83,16 @@ def fit_pca(
             rows = block[:, 0] if layer.rf is not None and layer.rf.is_global else block
             samples.setdefault(layer.name, []).append(rows.reshape(-1, block.shape[-1]))
     if not samples:
-        raise HypercolumnsError("fit_pca needs at least one batch of images")
+        raise OptionError("fit_pca needs at least one batch of images")
     fitted: dict[str, PCA] = {}
     for name, parts in samples.items():
         data = torch.cat(parts)
         k = n_components if isinstance(n_components, int) else n_components.get(name)
         if k is None:
-            raise HypercolumnsError(f"n_components gives no number for layer {name!r}")
+            raise OptionError(f"n_components gives no number for layer {name!r}")
         limit = min(data.shape)
         if not 1 <= k <= limit:
-            raise HypercolumnsError(
+            raise OptionError(
                 f"n_components={k} for layer {name!r} must lie in 1..{limit}: it has "
                 f"{data.shape[1]} channels and {data.shape[0]} samples; sample more points or "
                 "images, or ask for fewer components"

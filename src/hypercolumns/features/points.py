@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns.errors import OptionError
 
 __all__ = ["check_points", "read_points", "sample_points"]
 
@@ -38,7 +38,7 @@ def sample_points(
     """
     height, width = size
     if n < 1 or n > height * width:
-        raise HypercolumnsError(
+        raise OptionError(
             f"points={n} cannot be sampled without replacement from a {height}x{width} image: "
             f"give 1 to {height * width} points"
         )
@@ -53,7 +53,7 @@ def sample_points(
         or labels.is_floating_point()
     ):
         got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels)
-        raise HypercolumnsError(
+        raise OptionError(
             f"labels must be an int tensor of shape (B={batch}, {height}, {width}), got "
             f"{got}{'' if not isinstance(labels, torch.Tensor) else ' ' + str(labels.dtype)}"
         )
@@ -75,7 +75,7 @@ def _stratified(n: int, labels: torch.Tensor, gen: torch.Generator, b: int) -> t
     pools = [(labels == v).nonzero().squeeze(1) for v in present]
     available = sum(len(p) for p in pools)
     if available < n:
-        raise HypercolumnsError(
+        raise OptionError(
             f"image {b} has {available} labelled (non-negative) pixels, fewer than points={n}"
         )
     quota = [0] * len(pools)
@@ -106,12 +106,12 @@ def check_points(
     if pts.dim() == 2:
         pts = pts.unsqueeze(0).expand(batch, -1, -1)
     if pts.dim() != 3 or pts.shape[0] != batch or pts.shape[2] != 2:
-        raise HypercolumnsError(
+        raise OptionError(
             f"points must have shape (B={batch}, N, 2) or (N, 2) as (y, x), got "
             f"{tuple(points.shape)}"
         )
     if pts.is_complex() or pts.dtype == torch.bool:
-        raise HypercolumnsError(f"points must be int or float coordinates, got {pts.dtype}")
+        raise OptionError(f"points must be int or float coordinates, got {pts.dtype}")
     pts = pts.to(device=device, dtype=torch.float64)
     bad = ~(
         (pts[..., 0] >= -0.5)
@@ -122,7 +122,7 @@ def check_points(
     if bool(bad.any()):
         b, n = (int(i) for i in bad.nonzero()[0])
         y, x = (float(v) for v in pts[b, n])
-        raise HypercolumnsError(
+        raise OptionError(
             f"point {n} of image {b}, (y, x) = ({y:g}, {x:g}), is outside the "
             f"{height}x{width} image (y must lie in [-0.5, {height - 0.5}], x in "
             f"[-0.5, {width - 0.5}]); {int(bad.sum())} point(s) are outside in all"
@@ -146,9 +146,7 @@ def read_points(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     where = str(path)
     path = Path(path)
     if not path.is_file():
-        raise HypercolumnsError(
-            f"no points file {where!r} (a .json, .npy or .csv of (y, x) pixel pairs)"
-        )
+        raise OptionError(f"no points file {where!r} (a .json, .npy or .csv of (y, x) pixel pairs)")
     try:
         if path.suffix.lower() == ".npy":
             arr = np.load(path, allow_pickle=False)
@@ -157,17 +155,17 @@ def read_points(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
         else:
             arr = _csv_points(path, where)
     except (OSError, ValueError) as err:
-        raise HypercolumnsError(f"cannot read points from {where!r}: {err}") from err
+        raise OptionError(f"cannot read points from {where!r}: {err}") from err
     if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0:
-        raise HypercolumnsError(f"points in {where!r} must be N (y, x) pairs, got {arr.shape}")
+        raise OptionError(f"points in {where!r} must be N (y, x) pairs, got {arr.shape}")
     if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-        raise HypercolumnsError(f"points in {where!r} must be whole pixel coordinates")
+        raise OptionError(f"points in {where!r} must be whole pixel coordinates")
     h, w = size
     outside = (arr[:, 0] < 0) | (arr[:, 0] > h - 1) | (arr[:, 1] < 0) | (arr[:, 1] > w - 1)
     if outside.any():
         k = int(np.argmax(outside))
         y, x = (int(v) for v in arr[k])
-        raise HypercolumnsError(
+        raise OptionError(
             f"point {k} (y={y}, x={x}) in {where!r} is outside the {h}x{w} input "
             f"(y in 0..{h - 1}, x in 0..{w - 1}); {int(outside.sum())} of {len(arr)} are outside"
         )
@@ -184,7 +182,7 @@ def _json_points(data: object, where: str) -> np.ndarray[Any, np.dtype[np.float6
     ):
         got = {"dict": "a JSON object", "list": "a list of other things", "str": "a string"}
         kind = got.get(type(data).__name__, "a single value")
-        raise HypercolumnsError(f"points in {where!r} must be {_JSON_FORM}; got {kind}")
+        raise OptionError(f"points in {where!r} must be {_JSON_FORM}; got {kind}")
     return np.asarray(data, dtype=np.float64)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from hypercolumns._atomic import check_writable, staged
 from hypercolumns._checks import budget, parse_size, positive_int
-from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
+from hypercolumns.errors import HypercolumnsError, OptionError, OutputTooLargeError
 from hypercolumns.features.align import Align, check_align
 from hypercolumns.features.columns import HypercolumnExtractor
 from hypercolumns.features.points import read_points
@@ -68,7 +68,7 @@ def check_suffix(path: Path) -> str:
             f"{', '.join(SUFFIXES)}"
         )
     if path.is_dir():
-        raise HypercolumnsError(f"--out {str(path)!r} is a folder; give a file name")
+        raise OptionError(f"output {str(path)!r} is a folder; give a file name")
     check_writable(path)
     return suffix
 

@@ -299,7 +299,8 @@ def _pool(
     if device.startswith("cuda") or (device == "auto" and gpus > 0):
         if gpus == 0:
             raise HypercolumnsError(
-                f"device {device!r}: the Ray cluster has no GPUs; use --device cpu (or auto)"
+                f"device {device!r}: the Ray cluster has no GPUs; use device 'cpu' or 'auto' "
+                "(--device)"
             )
         n = actors or gpus
         if n > gpus:
@@ -314,7 +315,7 @@ def _pool(
     if n * cpus >= total:
         raise HypercolumnsError(
             f"{n} model actor(s) of {cpus} CPU(s) leave no CPU for decoding; the Ray cluster "
-            f"has {total} CPU(s): give fewer --actors, or a cluster with more CPUs"
+            f"has {total} CPU(s): give fewer actors (--actors), or a cluster with more CPUs"
         )
     return n, {"num_cpus": cpus}, "cpu", cpus
 

@@ -196,10 +196,10 @@ class Extraction:
         if self.settings.size is not None and tuple(self.settings.size) != size:
             out_h, out_w = self.settings.size
             raise HypercolumnsError(
-                f"a {size[0]}x{size[1]} image with a {out_h}x{out_w} output (--size) is too "
+                f"a {size[0]}x{size[1]} image with a {out_h}x{out_w} output (size, --size) is too "
                 f"large to compute whole within {self._budget()}, and bands need the output at "
-                "the input size (no --size); give a smaller --size, fewer layers, --dtype "
-                "float16 or a larger --max-memory"
+                "the input size (no size); give a smaller size, fewer layers, dtype float16 or a "
+                "larger max_memory (--size, --layers, --dtype, --max-memory)"
             )
         banded = BandedHypercolumns(
             self.model, self.layers, size, in_channels=self.decode_options.channels,
@@ -340,8 +340,9 @@ class Extraction:
             if len(items) > 1:
                 return [r for item in items for r in self._guarded([item], bands=bands)]
             return [failure_of(items[0], f"{err.detail} need {err.need / 2**30:.2f} GiB, more "
-                    f"than {self._budget()}; sample --points, give fewer layers, --dtype "
-                    "float16, a smaller --size, or a larger --max-memory")]  # fmt: skip
+                    f"than {self._budget()}; sample points, give fewer layers, dtype float16, a "
+                    "smaller size, or a larger max_memory (--points, --layers, --dtype, --size, "
+                    "--max-memory)")]  # fmt: skip
         except Exception as err:
             if len(items) == 1:
                 return [failure_of(items[0], err)]

@@ -96,8 +96,8 @@ class StoreWriter:
                 raise StoreError(
                     f"store {str(path)!r} was made with another configuration ("
                     + "; ".join(differ)
-                    + "); rerun with the same options to continue it, give another --out, "
-                    "or --overwrite to replace it"
+                    + "); rerun with the same options to continue it, write another store, "
+                    "or overwrite=True (--overwrite) to replace it"
                 )
             self._recover()
             records, parts = _book.committed(path)
@@ -527,7 +527,7 @@ def open_writer(
         else:
             raise StoreError(
                 f"{str(path)!r} exists and is not a hypercolumns store; not writing into it "
-                "(give another --out)"
+                "(write the store elsewhere)"
             )
     try:
         if kind == "dense":

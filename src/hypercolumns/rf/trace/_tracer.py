@@ -171,7 +171,7 @@ class _Tracer(TorchDispatchMode):  # type: ignore[no-untyped-call]
                     raise InputSizeError(
                         f"the input is too small for this model: layer {where!r} "
                         f"collapses the {'height' if f.axis == 'y' else 'width'} to zero "
-                        f"(output shape {tuple(out.shape)}); use a larger --input-size"
+                        f"(output shape {tuple(out.shape)}); use a larger input size (--input-size)"
                     )
 
 
