@@ -11,6 +11,7 @@ __all__ = [
     "ImageError",
     "InputSizeError",
     "LayerNotFoundError",
+    "MeasurementError",
     "ModelError",
     "StoreError",
     "WeightsError",
@@ -45,6 +46,10 @@ class InputSizeError(HypercolumnsError):
 
 class StoreError(HypercolumnsError):
     """An on-disk store cannot be created, written or read, or belongs to another run."""
+
+
+class MeasurementError(HypercolumnsError):
+    """A gradient measurement cannot be made (clipped receptive field, unit off the map, ...)."""
 
 
 class GeometryWarning(UserWarning):
