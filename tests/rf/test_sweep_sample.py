@@ -29,7 +29,7 @@ def _sweep() -> ModuleType:
 sweep = _sweep()
 
 # Cheap models from three architecture modules: a ResNet-D (misaligned average-pool shortcut),
-# a RegNet, and a ViT (global/mixed). Squeeze-excite nets are in tests/test_groundtruth.py.
+# a RegNet, and a ViT (global/mixed). Squeeze-excite nets are in tests/rf/test_groundtruth.py.
 SAMPLE = [
     pytest.param("resnet10t", sweep.LOCAL, marks=pytest.mark.slow),
     ("regnetx_002", sweep.LOCAL),

@@ -30,7 +30,8 @@ from hypercolumns.rf.trace.state import State, _States
 
 
 class _Tracing(Protocol):
-    """What the fast forwards use of the tracer (:class:`~._tracer._Tracer`)."""
+    """What the fast forwards use of the tracer
+    (:class:`~hypercolumns.rf.trace._tracer._Tracer`)."""
 
     meta: bool
     states: _States

@@ -1,8 +1,10 @@
 """What a rule is given: an op's bound arguments, the states of its inputs and its output.
 
-A rule takes a :class:`_Call` and returns the output's :class:`~..state.State` (a list, one per
-output, for ops with several), ``None`` for an output that does not depend on the input, or
-raises :class:`~..state._OpError`. The helpers here are shared by the rules of every family.
+A rule takes a :class:`_Call` and returns the output's
+:class:`~hypercolumns.rf.trace.state.State` (a list, one per output, for ops with several),
+``None`` for an output that does not depend on the input, or raises
+:class:`~hypercolumns.rf.trace.state._OpError`. The helpers here are shared by the rules of
+every family.
 """
 
 from __future__ import annotations

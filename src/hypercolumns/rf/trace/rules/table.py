@@ -4,9 +4,9 @@ Ops are named as ``OpOverloadPacket``s (``aten.NAME``); an in-place variant (``N
 the rule of ``NAME``. Besides the ops listed:
 
 * ops tagged ``pointwise`` by PyTorch, and those in :data:`_ELEMENTWISE`, combine their inputs
-  elementwise (:func:`~.mixing._broadcast`);
+  elementwise (:func:`~hypercolumns.rf.trace.rules.mixing._broadcast`);
 * ops whose name holds one of :data:`_ATTENTION` are fused attention
-  (:func:`~.mixing._rule_attention`);
+  (:func:`~hypercolumns.rf.trace.rules.mixing._rule_attention`);
 * composite ops without a rule are followed through their decomposition;
 * any other op on an image-derived tensor makes its outputs unknown, with a warning.
 """

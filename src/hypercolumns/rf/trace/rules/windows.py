@@ -3,8 +3,8 @@ convolutions and attention over them.
 
 A convolution or pooling over windows stacked in the batch pads each window at its own border;
 ``Tensor.unfold`` and ``F.unfold`` cut sliding windows (an outer and an inner factor of a
-:class:`~..state.Split`), ``F.fold`` sums them back; attention to sliding windows (HaloNet,
-VOLO) makes each query block read its whole window.
+:class:`~hypercolumns.rf.trace.state.Split`), ``F.fold`` sums them back; attention to sliding
+windows (HaloNet, VOLO) makes each query block read its whole window.
 """
 
 from __future__ import annotations
