@@ -13,6 +13,8 @@ from hypercolumns.errors import (
     LayerNotFoundError,
     MeasurementError,
     ModelError,
+    OptionError,
+    OutputTooLargeError,
     StoreError,
     WeightsError,
 )
@@ -40,6 +42,8 @@ __all__ = [
     "LayerNotFoundError",
     "MeasurementError",
     "ModelError",
+    "OptionError",
+    "OutputTooLargeError",
     "Preprocessing",
     "ReceptiveField",
     "StoreError",
