@@ -6,23 +6,10 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 import hypercolumns as hc
 from hypercolumns.errors import HypercolumnsError, LayerNotFoundError
-
-
-@pytest.fixture(scope="module")
-def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.resnet18().eval()
-
-
-@pytest.fixture(scope="module")
-def vgg() -> nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.vgg16().eval()
 
 
 def test_notes_example_vgg16_layers_3_and_8(vgg: nn.Module) -> None:

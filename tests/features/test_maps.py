@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-import torchvision
 from torch import nn
 
 import hypercolumns as hc
@@ -63,18 +62,6 @@ def hooked_forward(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[
 
 def all_hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-@pytest.fixture(scope="module")
-def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.resnet18().eval()
-
-
-@pytest.fixture(scope="module")
-def vgg() -> nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.vgg16().eval()
 
 
 def test_equal_to_a_plain_forward_with_hooks(resnet: nn.Module) -> None:

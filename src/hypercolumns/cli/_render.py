@@ -96,6 +96,11 @@ def progress(total: int, label: str) -> AbstractContextManager[Progress | None]:
     """A transient progress bar on stderr for ``total`` steps; ``None`` (no bar) for one."""
     if total <= 1:
         return nullcontext(None)
+    return _bar(label)
+
+
+def _bar(label: str) -> Progress:
+    """A transient bar on stderr: label, bar, done of total, time left."""
     return Progress(
         f"[bold]{label}",
         BarColumn(),
@@ -127,14 +132,7 @@ def progress_callback(label: str) -> Iterator[Callable[[int, int], None]]:
         if not bars:
             if total <= 1:
                 return
-            bar = Progress(
-                f"[bold]{label}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=stderr,
-                transient=True,
-            )
+            bar = _bar(label)
             bar.start()
             bars.append((bar, bar.add_task("", total=total)))
         bar, task = bars[0]
