@@ -19,6 +19,7 @@ from hypercolumns.errors import (
     WeightsError,
 )
 from hypercolumns.features.columns import HypercolumnExtractor, Hypercolumns, hypercolumns
+from hypercolumns.features.linear import LayerMaps, LinearMap, layer_maps, linear_map
 from hypercolumns.features.maps import FeatureExtractor, feature_maps
 from hypercolumns.features.pca import PCA, fit_pca
 from hypercolumns.images import Preprocessing, load_image
@@ -39,7 +40,9 @@ __all__ = [
     "ImageError",
     "InputSizeError",
     "Layer",
+    "LayerMaps",
     "LayerNotFoundError",
+    "LinearMap",
     "MeasurementError",
     "ModelError",
     "OptionError",
@@ -53,7 +56,9 @@ __all__ = [
     "feature_maps",
     "fit_pca",
     "hypercolumns",
+    "layer_maps",
     "layers",
+    "linear_map",
     "load_image",
     "load_model",
     "open_store",

@@ -19,7 +19,7 @@ a probe.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -98,6 +98,8 @@ class BandedHypercolumns:
         in_channels: Input channels; by default those of the model's first convolution.
         align: ``"rf"`` or ``"half-pixel"``.
         dtype: Output dtype; by default that of the features.
+        project: Layer name to a ``(C_out, C_layer)`` matrix applied to its slab maps before
+            resampling, as for :class:`HypercolumnExtractor`.
 
     Raises:
         HypercolumnsError: A layer sees the whole image (global, class token, attention), so it
@@ -113,9 +115,16 @@ class BandedHypercolumns:
         in_channels: int | None = None,
         align: Align = "rf",
         dtype: torch.dtype | None = None,
+        project: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         self.whole = HypercolumnExtractor(
-            model, layers, input_size, in_channels=in_channels, align=align, dtype=dtype
+            model,
+            layers,
+            input_size,
+            in_channels=in_channels,
+            align=align,
+            dtype=dtype,
+            project=project,
         )
         self.model, self.input_size, self.dtype = model, input_size, dtype
         self.in_channels = self.whole.features.in_channels
@@ -258,7 +267,7 @@ class BandedHypercolumns:
                 offset = a * stride.denominator // stride.numerator
                 assert offset * stride.numerator == a * stride.denominator
                 i0, i1 = band.units[layer.name]
-                value = maps[layer.name].to(dtype)
+                value = self.whole._prepare(layer, maps[layer.name], dtype).to(dtype)
                 if i0 - offset < 0 or i1 - offset > value.shape[2]:
                     raise HypercolumnsError(  # pragma: no cover - the plan guarantees it
                         f"band rows {r0}..{r1} need units {i0}..{i1} of layer {layer.name!r}, "
