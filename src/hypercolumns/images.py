@@ -47,6 +47,7 @@ __all__ = [
     "load_image",
     "per_channel",
     "read_image",
+    "read_mask",
     "resized",
     "resized_size",
 ]
@@ -257,6 +258,41 @@ def per_channel(values: Sequence[float], channels: int, what: str) -> tuple[floa
     if len(vals) == 3 and channels == 1:
         return (sum(vals) / 3,)
     raise ImageError(f"{what} has {len(vals)} values but the model takes {channels} channels")
+
+
+def read_mask(
+    path: str | Path,
+    image_size: tuple[int, int],
+    *,
+    resize: str | int | None = None,
+    crop: str | None = None,
+) -> torch.Tensor:
+    """The ``(H, W)`` int64 labels of the label image ``path`` (8- or 16-bit grey or palette),
+    which must be ``image_size`` ``(H, W)`` like its image, resized (nearest) and cropped as the
+    image was.
+
+    Raises:
+        ImageError: The file cannot be read, is not single-channel, or its size differs.
+    """
+    path = Path(path)
+    img = read_image(path)
+    if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise ImageError(
+            f"mask {str(path)!r} has mode {img.mode}; masks are single-channel label images "
+            "(8- or 16-bit grey or palette PNG)"
+        )
+    labels = np.asarray(img).astype(np.int64)
+    if labels.shape != tuple(image_size):
+        raise ImageError(
+            f"mask {str(path)!r} is {labels.shape[0]}x{labels.shape[1]}, its image "
+            f"{image_size[0]}x{image_size[1]}"
+        )
+    t = torch.from_numpy(labels)[None, None].double()
+    if resize is not None:
+        t = resized(t, str(resize), "nearest")
+    if crop is not None:
+        t = cropped(t, crop)
+    return t[0, 0].long()
 
 
 def load_image(

@@ -13,13 +13,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from hypercolumns.errors import HypercolumnsError, ImageError
+from hypercolumns.errors import HypercolumnsError
 from hypercolumns.features.points import sample_points
-from hypercolumns.images import cropped, load_image, per_channel, read_image, resized
+from hypercolumns.images import load_image, per_channel, read_mask
 from hypercolumns.models import input_channels, normalization
 from hypercolumns.pipeline.settings import Settings
 from hypercolumns.pipeline.sources import Source
@@ -107,32 +106,6 @@ def _image_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _mask(
-    path: Path, original: tuple[int, int], size: tuple[int, int], options: DecodeOptions
-) -> torch.Tensor:
-    """The ``(H, W)`` int64 labels of ``path``, resized and cropped as the image was."""
-    img = read_image(path)
-    if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
-        raise ImageError(
-            f"mask {str(path)!r} has mode {img.mode}; masks are single-channel label images "
-            "(8- or 16-bit grey or palette PNG)"
-        )
-    labels = np.asarray(img).astype(np.int64)
-    if labels.shape != original:
-        raise ImageError(
-            f"mask {str(path)!r} is {labels.shape[0]}x{labels.shape[1]}, its image "
-            f"{original[0]}x{original[1]}"
-        )
-    t = torch.from_numpy(labels)[None, None].double()
-    if options.resize is not None:
-        t = resized(t, options.resize, "nearest")
-    if options.crop is not None:
-        t = cropped(t, options.crop)
-    out = t[0, 0].long()
-    assert tuple(out.shape) == size
-    return out
-
-
 def decode(source: Source, options: DecodeOptions) -> Decoded:
     """Read and preprocess one image, and sample its points; errors become ``Decoded.error``."""
     record: dict[str, Any] = {"source": str(source.path)}
@@ -159,7 +132,10 @@ def decode(source: Source, options: DecodeOptions) -> Decoded:
         if options.points is not None:
             mask = None
             if source.mask is not None:
-                mask = _mask(source.mask, prep.original_size, prep.size, options)
+                mask = read_mask(
+                    source.mask, prep.original_size, resize=options.resize, crop=options.crop
+                )
+                assert tuple(mask.shape) == prep.size
             seed = _image_seed(options.seed, source.key)
             labels = None if mask is None else mask[None]
             pts = sample_points(options.points, 1, prep.size, labels, seed)
