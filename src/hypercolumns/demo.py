@@ -22,7 +22,15 @@ from torch import nn
 from hypercolumns._version import __version__
 from hypercolumns.errors import ModelError
 
-__all__ = ["HYPERCOLUMN_LAYERS", "IMAGE", "MODEL", "RF_LAYERS", "image_path", "run"]
+__all__ = [
+    "HYPERCOLUMN_LAYERS",
+    "IMAGE",
+    "MODEL",
+    "RF_LAYERS",
+    "image_path",
+    "load_demo_model",
+    "run",
+]
 
 MODEL = "torchvision:vgg16"
 IMAGE = "astronaut.jpg"
@@ -47,7 +55,11 @@ def _weights_cached(name: str) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / file).is_file()
 
 
-def _model(download: bool, note: Callable[[str], None]) -> tuple[nn.Module, str]:
+def load_demo_model(
+    download: bool = False, note: Callable[[str], None] = print
+) -> tuple[nn.Module, str]:
+    """The demo's model and a description of its weights: ImageNet weights when cached (or
+    downloaded with ``download=True``), else random weights (seed 0) with a one-line ``note``."""
     from hypercolumns.models import load_model
 
     name = MODEL.partition(":")[2]
@@ -89,7 +101,7 @@ def run(
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    model, weights = _model(download, note)
+    model, weights = load_demo_model(download, note)
     x, prep = load_image(image_path(), model)
     image = prep.unnormalize(x[0])
     found = layers(model, prep.size)
