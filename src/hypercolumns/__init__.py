@@ -25,6 +25,7 @@ from hypercolumns.features.pca import PCA, fit_pca
 from hypercolumns.images import Preprocessing, load_image
 from hypercolumns.io.store import open_store
 from hypercolumns.models import load_model
+from hypercolumns.probes.similarity import Correspondence, correspond, similarity
 from hypercolumns.rf.erf import ERF, erf
 from hypercolumns.rf.geometry import ReceptiveField
 from hypercolumns.rf.layers import Layer, layers, select
@@ -32,6 +33,7 @@ from hypercolumns.rf.layers import Layer, layers, select
 __all__ = [
     "ERF",
     "PCA",
+    "Correspondence",
     "FeatureExtractor",
     "GeometryWarning",
     "HypercolumnExtractor",
@@ -52,6 +54,7 @@ __all__ = [
     "StoreError",
     "WeightsError",
     "__version__",
+    "correspond",
     "erf",
     "feature_maps",
     "fit_pca",
@@ -63,4 +66,5 @@ __all__ = [
     "load_model",
     "open_store",
     "select",
+    "similarity",
 ]

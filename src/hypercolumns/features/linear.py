@@ -113,26 +113,45 @@ def _neighbours(u: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, to
     return i0l, (i0l + 1).clamp(max=n - 1), t
 
 
-def _grams(value: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Inner products of each unit of ``(B, C, h, w)`` maps with itself (``s``) and with its
-    right (``x``), lower (``y``) and lower-right (``d``) neighbours, and of its right neighbour
-    with its lower one (``a``), each ``(B, h, w)`` (zero where a neighbour is missing)."""
-    bsz, _, h, w = value.shape
-    v = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
-    out = {k: v.new_zeros(bsz, h, w) for k in "sxyda"}
-    out["s"] = (v * v).sum(1)
-    if w > 1:
-        out["x"][:, :, :-1] = (v[..., :-1] * v[..., 1:]).sum(1)
-    if h > 1:
-        out["y"][:, :-1] = (v[:, :, :-1] * v[:, :, 1:]).sum(1)
-    if h > 1 and w > 1:
-        out["d"][:, :-1, :-1] = (v[:, :, :-1, :-1] * v[:, :, 1:, 1:]).sum(1)
-        out["a"][:, :-1, :-1] = (v[:, :, :-1, 1:] * v[:, :, 1:, :-1]).sum(1)
-    return out
+class _Grams:
+    """Inner products of each unit of one layer's ``(B, C, h, w)`` map with itself (``s``) and
+    with its right (``x``), lower (``y``) and lower-right (``d``) neighbours, and of its right
+    neighbour with its lower one (``a``), each ``(B, h, w)`` (zero where a neighbour is
+    missing); each computed when first read, so that a layer sampled only at whole units along
+    an axis (stride 1 with ``align="rf"``) never pays for its neighbours along it."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        half = value.dtype in (torch.float16, torch.bfloat16)
+        self.value = value.float() if half else value
+        self.maps: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.maps:
+            v = self.value
+            bsz, _, h, w = v.shape
+            out = v.new_zeros(bsz, h, w)
+            if key == "s":
+                out = (v * v).sum(1)
+            elif key == "x" and w > 1:
+                out[:, :, :-1] = (v[..., :-1] * v[..., 1:]).sum(1)
+            elif key == "y" and h > 1:
+                out[:, :-1] = (v[:, :, :-1] * v[:, :, 1:]).sum(1)
+            elif key == "d" and h > 1 and w > 1:
+                out[:, :-1, :-1] = (v[:, :, :-1, :-1] * v[:, :, 1:, 1:]).sum(1)
+            elif key == "a" and h > 1 and w > 1:
+                out[:, :-1, :-1] = (v[:, :, :-1, 1:] * v[:, :, 1:, :-1]).sum(1)
+            self.maps[key] = out
+        return self.maps[key]
+
+
+def _between(t: torch.Tensor) -> bool:
+    """Whether any second weight ``t`` is strictly between 0 and 1 (a sample that mixes two
+    units along the axis, so the neighbours' inner products count)."""
+    return bool(((t > 0) & (t < 1)).any())
 
 
 def _quadratic(
-    g: Mapping[str, torch.Tensor],
+    g: _Grams,
     at: tuple[torch.Tensor, ...],
     y: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     x: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -141,20 +160,52 @@ def _quadratic(
     index tuples ``at + (y, x)`` (neighbour indices and second weights per axis)."""
     (y0, y1, ty), (x0, x1, tx) = y, x
     wy0, wy1, wx0, wx1 = 1 - ty, ty, 1 - tx, tx
-    s, gx, gy, gd, ga = (g[k] for k in "sxyda")
+    mix_y, mix_x = _between(ty), _between(tx)
 
-    def read(m: torch.Tensor, yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        return m[(*at, yi, xi)]
+    def read(key: str, yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        return g[key][(*at, yi, xi)]
 
     total = (
-        (wy0 * wx0) ** 2 * read(s, y0, x0)
-        + (wy0 * wx1) ** 2 * read(s, y0, x1)
-        + (wy1 * wx0) ** 2 * read(s, y1, x0)
-        + (wy1 * wx1) ** 2 * read(s, y1, x1)
+        (wy0 * wx0) ** 2 * read("s", y0, x0)
+        + (wy0 * wx1) ** 2 * read("s", y0, x1)
+        + (wy1 * wx0) ** 2 * read("s", y1, x0)
+        + (wy1 * wx1) ** 2 * read("s", y1, x1)
     )
-    total = total + 2 * wx0 * wx1 * (wy0**2 * read(gx, y0, x0) + wy1**2 * read(gx, y1, x0))
-    total = total + 2 * wy0 * wy1 * (wx0**2 * read(gy, y0, x0) + wx1**2 * read(gy, y0, x1))
-    return total + 2 * wy0 * wy1 * wx0 * wx1 * (read(gd, y0, x0) + read(ga, y0, x0))
+    if mix_x:
+        total = total + 2 * wx0 * wx1 * (wy0**2 * read("x", y0, x0) + wy1**2 * read("x", y1, x0))
+    if mix_y:
+        total = total + 2 * wy0 * wy1 * (wx0**2 * read("y", y0, x0) + wx1**2 * read("y", y0, x1))
+    if mix_x and mix_y:
+        total = total + 2 * wy0 * wy1 * wx0 * wx1 * (read("d", y0, x0) + read("a", y0, x0))
+    return total
+
+
+def _quadratic_grid(
+    g: _Grams,
+    y: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    x: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """:func:`_quadratic` at every pixel of a grid, ``(B, H, W)``, from per-axis neighbours
+    and weights ``(H,)`` and ``(W,)``: separable, rows first, then columns."""
+    (y0, y1, ty), (x0, x1, tx) = y, x
+    wy0, wy1 = (1 - ty).view(1, -1, 1), ty.view(1, -1, 1)
+    wx0, wx1 = (1 - tx).view(1, 1, -1), tx.view(1, 1, -1)
+    mix_y, mix_x = _between(ty), _between(tx)
+
+    def rows(key: str, i: torch.Tensor) -> torch.Tensor:
+        return g[key].index_select(1, i)
+
+    # per output row, what each unit column contributes to the square of the sample
+    e = wy0**2 * rows("s", y0) + wy1**2 * rows("s", y1)
+    if mix_y:
+        e += 2 * wy0 * wy1 * rows("y", y0)
+    total = wx0**2 * e.index_select(2, x0) + wx1**2 * e.index_select(2, x1)
+    if mix_x:
+        f = wy0**2 * rows("x", y0) + wy1**2 * rows("x", y1)
+        if mix_y:
+            f += wy0 * wy1 * (rows("d", y0) + rows("a", y0))
+        total += 2 * wx0 * wx1 * f.index_select(2, x0)
+    return total
 
 
 class LayerMaps:
@@ -180,7 +231,7 @@ class LayerMaps:
         self.input_size = mapper.input_size
         first = next(iter(values.values()))
         self.batch, self.device = int(first.shape[0]), first.device
-        self._grams: dict[str, dict[str, torch.Tensor]] = {}
+        self._grams: dict[str, _Grams] = {}
 
     def _spatial(self) -> Iterator[tuple[Layer, torch.Tensor]]:
         for layer in self.layers:
@@ -218,7 +269,8 @@ class LayerMaps:
         else:
             shape = (bsz, pts.shape[1], k)
         self._mapper.extractor._guard(shape, dtype, self.device)
-        out = torch.zeros(shape, dtype=dtype, device=self.device)
+        out = torch.empty(shape, dtype=dtype, device=self.device)
+        first = True  # the first spatial layer is sampled straight into out, the others added
         constant = m.bias.to(self.device, dtype).expand(bsz, k).clone()
         scratch: torch.Tensor | None = None
         for layer in self.layers:
@@ -229,14 +281,23 @@ class LayerMaps:
                 continue
             h, w = value.shape[-2:]
             small = torch.matmul(block, value.to(block.dtype).flatten(2)).view(bsz, k, h, w)
-            if scratch is None:
+            direct = first and small.dtype == dtype
+            if not direct and scratch is None:
                 scratch = torch.empty(shape, dtype=small.dtype, device=self.device)
+            into = out if direct else scratch
+            assert into is not None
             if pts is None:
-                resample(small, *self._mapper.extractor._axis_plans(layer, h, w), scratch)
+                resample(small, *self._mapper.extractor._axis_plans(layer, h, w), into)
             else:
                 uy, ux = unit_coordinates(layer, self._mapper.align, self.input_size, pts, (h, w))
-                PointPlan(uy, ux, h, w, small.dtype).sample(small, scratch)
-            out += scratch
+                PointPlan(uy, ux, h, w, small.dtype).sample(small, into)
+            if first and not direct:
+                out.copy_(into)
+            elif not first:
+                out += into
+            first = False
+        if first:
+            out.zero_()
         if pts is None:
             out += constant[:, :, None, None]
         else:
@@ -278,25 +339,22 @@ class LayerMaps:
                 continue
             h, w = value.shape[-2:]
             if layer.name not in self._grams:
-                self._grams[layer.name] = _grams(value)
+                self._grams[layer.name] = _Grams(value)
             g = self._grams[layer.name]
             if pts is None:
                 my, mx = self._mapper.extractor.axis_maps(layer, h, w)
                 qy = torch.arange(self.input_size[0], device=self.device, dtype=torch.float64)
                 qx = torch.arange(self.input_size[1], device=self.device, dtype=torch.float64)
                 uy, ux = float(my.a) * qy + float(my.b), float(mx.a) * qx + float(mx.b)
-                y0, y1, ty = (t[:, None] for t in _neighbours(uy, h))
-                x0, x1, tx = (t[None, :] for t in _neighbours(ux, w))
-                at: tuple[torch.Tensor, ...] = (batch[:, None, None],)
-                y = (y0[None], y1[None], ty[None].float())
-                x = (x0[None], x1[None], tx[None].float())
-            else:
-                uy, ux = unit_coordinates(layer, self._mapper.align, self.input_size, pts, (h, w))
-                at = (batch[:, None],)
                 y0, y1, ty = _neighbours(uy, h)
                 x0, x1, tx = _neighbours(ux, w)
-                y, x = (y0, y1, ty.float()), (x0, x1, tx.float())
-            out += _quadratic(g, at, y, x)
+                out += _quadratic_grid(g, (y0, y1, ty.float()), (x0, x1, tx.float()))
+            else:
+                uy, ux = unit_coordinates(layer, self._mapper.align, self.input_size, pts, (h, w))
+                y0, y1, ty = _neighbours(uy, h)
+                x0, x1, tx = _neighbours(ux, w)
+                at = (batch[:, None],)
+                out += _quadratic(g, at, (y0, y1, ty.float()), (x0, x1, tx.float()))
         return out.clamp_min_(0)
 
 
