@@ -25,6 +25,7 @@ from hypercolumns.features.pca import PCA, fit_pca
 from hypercolumns.images import Preprocessing, load_image
 from hypercolumns.io.store import open_store
 from hypercolumns.models import load_model
+from hypercolumns.probes.probe import Probe, fit_probe, load_probe
 from hypercolumns.probes.similarity import Correspondence, correspond, similarity
 from hypercolumns.rf.erf import ERF, erf
 from hypercolumns.rf.geometry import ReceptiveField
@@ -50,6 +51,7 @@ __all__ = [
     "OptionError",
     "OutputTooLargeError",
     "Preprocessing",
+    "Probe",
     "ReceptiveField",
     "StoreError",
     "WeightsError",
@@ -58,12 +60,14 @@ __all__ = [
     "erf",
     "feature_maps",
     "fit_pca",
+    "fit_probe",
     "hypercolumns",
     "layer_maps",
     "layers",
     "linear_map",
     "load_image",
     "load_model",
+    "load_probe",
     "open_store",
     "select",
     "similarity",

@@ -12,7 +12,7 @@ per-channel statistics fitted on them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -193,10 +193,12 @@ def sample(
     seed: int = 0,
     align: Align = "rf",
     ignore_index: int = 255,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Samples:
     """Hypercolumns at ``points`` pixels of each example: stratified by class (pixels labelled
     ``ignore_index`` or negative never drawn; every labelled pixel when there are fewer),
-    uniform for value targets or none. Image ``i`` draws with seed ``seed + i``.
+    uniform for value targets or none. Image ``i`` draws with seed ``seed + i``;
+    ``progress(done, total)`` is called after each image.
 
     Raises:
         OptionError: ``points`` below 1, or no labelled pixel in any image.
@@ -220,6 +222,8 @@ def sample(
             available = int((labels >= 0).sum())
             if available == 0:
                 counts.append(0)
+                if progress is not None:
+                    progress(i + 1, len(items))
                 continue
             n = min(points, available)
         else:
@@ -233,6 +237,8 @@ def sample(
             yx = pts[0].long()
             at = ex.target[..., yx[:, 0], yx[:, 1]]
             targets.append(at if at.dim() == 1 else at.T)
+        if progress is not None:
+            progress(i + 1, len(items))
     if not features:
         raise OptionError(
             f"no labelled pixel in any of the {len(items)} image(s): every pixel is "
