@@ -25,6 +25,8 @@ from hypercolumns.features.pca import PCA, fit_pca
 from hypercolumns.images import Preprocessing, load_image
 from hypercolumns.io.store import open_store
 from hypercolumns.models import load_model
+from hypercolumns.probes.kmeans import KMeans, fit_kmeans
+from hypercolumns.probes.pca_image import PCAImage, fit_pca_image
 from hypercolumns.rf.erf import ERF, erf
 from hypercolumns.rf.geometry import ReceptiveField
 from hypercolumns.rf.layers import Layer, layers, select
@@ -39,6 +41,7 @@ __all__ = [
     "HypercolumnsError",
     "ImageError",
     "InputSizeError",
+    "KMeans",
     "Layer",
     "LayerMaps",
     "LayerNotFoundError",
@@ -47,6 +50,7 @@ __all__ = [
     "ModelError",
     "OptionError",
     "OutputTooLargeError",
+    "PCAImage",
     "Preprocessing",
     "ReceptiveField",
     "StoreError",
@@ -54,7 +58,9 @@ __all__ = [
     "__version__",
     "erf",
     "feature_maps",
+    "fit_kmeans",
     "fit_pca",
+    "fit_pca_image",
     "hypercolumns",
     "layer_maps",
     "layers",
