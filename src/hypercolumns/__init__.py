@@ -25,6 +25,8 @@ from hypercolumns.features.pca import PCA, fit_pca
 from hypercolumns.images import Preprocessing, load_image
 from hypercolumns.io.store import open_store
 from hypercolumns.models import load_model
+from hypercolumns.probes.kmeans import KMeans, fit_kmeans
+from hypercolumns.probes.pca_image import PCAImage, fit_pca_image
 from hypercolumns.probes.probe import Probe, fit_probe, load_probe
 from hypercolumns.probes.similarity import Correspondence, correspond, similarity
 from hypercolumns.rf.erf import ERF, erf
@@ -42,6 +44,7 @@ __all__ = [
     "HypercolumnsError",
     "ImageError",
     "InputSizeError",
+    "KMeans",
     "Layer",
     "LayerMaps",
     "LayerNotFoundError",
@@ -50,6 +53,7 @@ __all__ = [
     "ModelError",
     "OptionError",
     "OutputTooLargeError",
+    "PCAImage",
     "Preprocessing",
     "Probe",
     "ReceptiveField",
@@ -59,7 +63,9 @@ __all__ = [
     "correspond",
     "erf",
     "feature_maps",
+    "fit_kmeans",
     "fit_pca",
+    "fit_pca_image",
     "fit_probe",
     "hypercolumns",
     "layer_maps",

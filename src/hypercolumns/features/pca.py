@@ -36,6 +36,15 @@ class PCA:
     components: torch.Tensor
     explained_variance: torch.Tensor
 
+    @classmethod
+    def fit(cls, data: torch.Tensor, k: int) -> PCA:
+        """The first ``k`` principal axes of ``(M, C)`` samples (``1 <= k <= min(M, C)``, which
+        the caller checks and explains)."""
+        mean = data.mean(0)
+        _, s, vh = torch.linalg.svd(data - mean, full_matrices=False)
+        variance = s[:k] ** 2 / max(data.shape[0] - 1, 1)
+        return cls(mean=mean, components=vh[:k].contiguous(), explained_variance=variance)
+
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Project ``(..., C)`` vectors to ``(..., K)``."""
         return (x - self.mean.to(x)) @ self.components.to(x).T
@@ -97,8 +106,5 @@ def fit_pca(
                 f"{data.shape[1]} channels and {data.shape[0]} samples; sample more points or "
                 "images, or ask for fewer components"
             )
-        mean = data.mean(0)
-        _, s, vh = torch.linalg.svd(data - mean, full_matrices=False)
-        variance = s[:k] ** 2 / max(data.shape[0] - 1, 1)
-        fitted[name] = PCA(mean=mean, components=vh[:k].contiguous(), explained_variance=variance)
+        fitted[name] = PCA.fit(data, k)
     return fitted

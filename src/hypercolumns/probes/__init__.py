@@ -10,6 +10,8 @@ correspondence are in :mod:`.similarity` (``hc.similarity`` is not re-exported h
 """
 
 from hypercolumns.probes.heads import Head, fit_head
+from hypercolumns.probes.kmeans import KMeans, fit_kmeans
+from hypercolumns.probes.pca_image import PCAImage, fit_pca_image
 from hypercolumns.probes.probe import Probe, build_model, fit_probe, load_probe
 from hypercolumns.probes.samples import Example, Samples, Standardizer, examples, sample
 from hypercolumns.probes.scikit import skimage_features
@@ -19,6 +21,8 @@ __all__ = [
     "Correspondence",
     "Example",
     "Head",
+    "KMeans",
+    "PCAImage",
     "Probe",
     "Samples",
     "Standardizer",
@@ -26,6 +30,8 @@ __all__ = [
     "correspond",
     "examples",
     "fit_head",
+    "fit_kmeans",
+    "fit_pca_image",
     "fit_probe",
     "load_probe",
     "sample",
