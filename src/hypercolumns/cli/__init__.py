@@ -1,9 +1,10 @@
 """The ``hypercolumns`` command line: a thin layer over the library.
 
 This file builds the app and registers the commands, each in a file of its own (``layers``,
-``extract``, ``erf``, ``show``, the ``draw`` and ``probe`` groups, ``demo``, ``explore``); :func:`main` runs
-it, printing library errors and warnings as one line each and choosing the exit code. Shared
-options and their parsing are in ``_options``, tables and progress bars in ``_render``.
+``extract``, ``erf``, ``show``, the ``draw`` and ``probe`` groups, ``demo``, ``explore``);
+:func:`main` runs it, printing library errors and warnings as one line each and choosing the
+exit code. Shared options and their parsing are in ``_options``, tables and progress bars in
+``_render``.
 """
 
 from __future__ import annotations
