@@ -297,9 +297,11 @@ def predict(
     stems = [_stem(ex.name, seen) for ex in items]
     norm = normalization(probe.model)
     colorize = bool(probe.meta.get("colorize"))
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = out / f".partial-{os.getpid()}"
     staging.mkdir()
+    done = False
     try:
         with progress_callback("predicting") as report:
             for i, (ex, stem) in enumerate(zip(items, stems, strict=True)):
@@ -329,8 +331,11 @@ def predict(
                 report(i + 1, len(items))
         for f in sorted(staging.iterdir()):
             os.replace(f, out / f.name)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            shutil.rmtree(out, ignore_errors=True)
     stdout.print(f"wrote {len(items)} prediction(s) to {out}", highlight=False)
 
 
