@@ -25,6 +25,11 @@ interleaved round after round:
   end (actor started, model sent to it) and in steady state (from the first batch of results
   to the last). No goal: the Ray engine is for clusters; this measures its cost on one machine.
 
+``--small`` runs the same with torchvision resnet18 up to ``layer2`` (layers ``layer1,layer2``,
+64 + 128 channels), a forward about ten times shorter, where the costs around the model weigh
+most; ``--model SPEC --layers L1,L2`` any other (the model alone is then its children up to the
+last layer's, which fits models that run their children in order).
+
 The command line makes glibc's ``malloc`` keep freed memory for reuse
 (``hypercolumns._allocator``); so does this script, for every method alike, before the
 first one runs (``--default-malloc`` leaves glibc's defaults, to see what that is worth).
@@ -34,8 +39,8 @@ after ReLU: 64 + 128 + 256 = 448 channels), dense float16 into a ``.zarr`` store
 ``hypercolumns extract`` command in a subprocess; its peak resident memory from
 ``getrusage(RUSAGE_CHILDREN)``. The in-memory result alone would be 448 x 4096^2 x 2 bytes.
 
-Run: ``uv run python benchmarks/pipeline.py [--rounds 2] [--workers N] [--skip-banded] [--ray]
-[--default-malloc]``
+Run: ``uv run python benchmarks/pipeline.py [--rounds 2] [--images N] [--small] [--workers N]
+[--skip-banded] [--skip-plain] [--ray] [--default-malloc]``
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -73,7 +79,26 @@ hc = _library()
 from hypercolumns._allocator import keep_freed_memory  # noqa: E402
 from hypercolumns.pipeline import Settings, run  # noqa: E402
 
-MODEL, LAYERS, POINTS, RAY_BATCH = "torchvision:vgg16", [3, 8], 1024, 8
+MODEL, LAYERS, POINTS, RAY_BATCH = "torchvision:vgg16", "3,8", 1024, 8
+SMALL = ("torchvision:resnet18", "layer1,layer2")  # --small: where fixed costs weigh most
+
+
+def layer_list(spec: str) -> list[int | str]:
+    return [int(p) if p.lstrip("-").isdigit() else p for p in spec.split(",")]
+
+
+def prefix(module: torch.nn.Module, last: str) -> torch.nn.Module:
+    """The model's children in order up to the one holding layer ``last`` (recursively): the
+    truncated forward that every method needs, for models whose forward runs their children
+    in order up to there (VGG's ``features``, ResNet's stem and stages)."""
+    parts: list[torch.nn.Module] = []
+    for name, child in module.named_children():
+        if name == last:
+            return torch.nn.Sequential(*parts, child)
+        if last.startswith(name + "."):
+            return torch.nn.Sequential(*parts, prefix(child, last[len(name) + 1 :]))
+        parts.append(child)
+    raise SystemExit(f"no layer {last!r} among the children of {type(module).__name__}")
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
@@ -101,14 +126,18 @@ def build_model() -> torch.nn.Module:
         return hc.load_model(MODEL)
 
 
+def layer_names(model: torch.nn.Module) -> list[str]:
+    return [layer.name for layer in hc.HypercolumnExtractor(model, layer_list(LAYERS), 64).layers]
+
+
 def model_only(model: torch.nn.Module, paths: list[Path], batch: int) -> float:
-    prefix = model.features[:9]
+    forward = prefix(model, layer_names(model)[-1])
     inputs = [hc.load_image(p, model)[0] for p in paths]
     batches = [torch.cat(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
     start = time.perf_counter()
     with torch.no_grad():
         for x in batches:
-            prefix(x)
+            forward(x)
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -118,7 +147,7 @@ def plain_loop(model: torch.nn.Module, paths: list[Path], out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    names = [f"features.{i}" for i in LAYERS]
+    names = layer_names(model)
     maps: dict[str, torch.Tensor] = {}
     hooks = [
         model.get_submodule(n).register_forward_hook(
@@ -160,10 +189,10 @@ def library_loop(model: torch.nn.Module, paths: list[Path], out: Path, planned: 
         if planned:
             size = tuple(x.shape[-2:])
             if size not in extractors:
-                extractors[size] = hc.HypercolumnExtractor(model, LAYERS, size)
+                extractors[size] = hc.HypercolumnExtractor(model, layer_list(LAYERS), size)
             result = extractors[size](x, POINTS, seed=i)  # type: ignore[operator]
         else:
-            result = hc.hypercolumns(model, x, LAYERS, points=POINTS, seed=i)
+            result = hc.hypercolumns(model, x, layer_list(LAYERS), points=POINTS, seed=i)
         np.save(out / f"{path.stem}.npy", result.features[0].numpy())
     return len(paths) / (time.perf_counter() - start)
 
@@ -186,7 +215,7 @@ def ours(
     summary = run(
         [folder],
         out,
-        Settings(MODEL, "3,8", points=POINTS),
+        Settings(MODEL, LAYERS, points=POINTS),
         workers=workers if local else 0,
         batch_size=None if local else RAY_BATCH,
         device="cpu",
@@ -240,8 +269,16 @@ def banded_peak(work: Path, size: int) -> dict[str, float]:
 
 
 def main() -> None:
+    global MODEL, LAYERS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--model", default=None, help=f"model spec [default: {MODEL}]")
+    parser.add_argument("--layers", default=None, help=f"layers [default: {LAYERS}]")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help=f"a small, fast model: {SMALL[0]} up to {SMALL[1].split(',')[-1]} (layers {SMALL[1]})",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers [default: the pipeline's]"
@@ -249,6 +286,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--banded-size", type=int, default=4096)
     parser.add_argument("--skip-banded", action="store_true")
+    parser.add_argument("--skip-plain", action="store_true", help="leave out the plain loop")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--ray", action="store_true", help="also the Ray engine")
     parser.add_argument("--json", action="store_true")
@@ -256,10 +294,14 @@ def main() -> None:
         "--default-malloc", action="store_true", help="leave glibc's malloc thresholds as they are"
     )
     args = parser.parse_args()
+    if args.small:
+        MODEL, LAYERS = SMALL
+    MODEL, LAYERS = args.model or MODEL, args.layers or LAYERS
     kept = not args.default_malloc and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     report: dict[str, object] = {
+        "model": f"{MODEL} [{LAYERS}]",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "freed memory kept": kept,
@@ -283,6 +325,8 @@ def main() -> None:
                     model, work / "images", work / f"s{r}.parquet", len(paths), args.workers
                 ),
             }
+            if args.skip_plain:
+                del methods["plain loop"]
             if args.ray:
                 report["ray start seconds"] = round(start_ray(), 1)
                 methods["ray"] = lambda r: ours(
@@ -305,7 +349,7 @@ def main() -> None:
             )
             ours_e2e, ours_steady = medians["ours, end to end"], medians["ours, steady"]
             report["ratios"] = {
-                "ours / plain loop": round(ours_e2e / medians["plain loop"], 2),
+                "ours / plain loop": round(ours_e2e / medians.get("plain loop", math.nan), 2),
                 "ours / library loop": round(ours_e2e / medians["library loop"], 2),
                 "ours / library loop, planned": round(
                     ours_e2e / medians["library loop, planned"], 2

@@ -6,9 +6,12 @@ size (:func:`batches`), and the model run in this process, which writes the stor
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -19,6 +22,8 @@ from hypercolumns.pipeline.extraction import Extraction
 from hypercolumns.pipeline.sources import Source
 
 __all__ = ["batches", "decoded", "run"]
+
+_AHEAD = 1  # images decoded ahead of the model when decoding in this process
 
 
 class _Decoding(torch.utils.data.Dataset[Decoded]):
@@ -44,11 +49,13 @@ def _yield_to_the_model(worker: int) -> None:
         os.nice(5)
 
 
-def decoded(sources: Sequence[Source], options: DecodeOptions, workers: int) -> Iterator[Decoded]:
-    """Decode ``sources`` in order, in ``workers`` DataLoader processes (0: in this one)."""
+def decoded(
+    sources: Sequence[Source], options: DecodeOptions, workers: int, *, ahead: int = _AHEAD
+) -> Iterator[Decoded]:
+    """Decode ``sources`` in order, in ``workers`` DataLoader processes (0: in this one, by a
+    thread that keeps ``ahead`` images decoded before they are asked for)."""
     if workers == 0:
-        for source in sources:
-            yield decode(source, options)
+        yield from _decoded_ahead(sources, options, ahead)
         return
     loader = torch.utils.data.DataLoader(
         _Decoding(sources, options),
@@ -59,6 +66,32 @@ def decoded(sources: Sequence[Source], options: DecodeOptions, workers: int) -> 
         worker_init_fn=_yield_to_the_model,
     )
     yield from loader
+
+
+def _decoded_ahead(
+    sources: Sequence[Source], options: DecodeOptions, ahead: int
+) -> Iterator[Decoded]:
+    """Decode in a thread of this process, ``ahead`` images before the caller: reading a file
+    and Pillow's decoding release the GIL, and so do PyTorch's ops, so the next image is made
+    while the model runs instead of between two forward passes (a process would have to send
+    it back; a thread hands it over)."""
+    if ahead < 1:
+        for source in sources:
+            yield decode(source, options)
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="hypercolumns-decode")
+    waiting: deque[Future[Decoded]] = deque()
+    todo = iter(sources)
+    try:
+        for source in itertools.islice(todo, ahead):
+            waiting.append(pool.submit(decode, source, options))
+        while waiting:
+            item = waiting.popleft().result()
+            for source in itertools.islice(todo, 1):
+                waiting.append(pool.submit(decode, source, options))
+            yield item
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def batches(

@@ -22,11 +22,11 @@ from hypercolumns._atomic import leftovers, writer_tag
 from hypercolumns.errors import StoreError
 from hypercolumns.io.store import _book
 from hypercolumns.io.store._book import BOOK, PENDING, Kind, store_kind
+from hypercolumns.io.store._part import PartFile
 from hypercolumns.io.store.keys import check_key, folders_of, nesting
 
 TILE = 64  # rows and columns of a dense chunk
 _CHUNK_BYTES = 4 << 20
-_ROW_GROUP = 1 << 20  # most rows per Parquet row group
 
 
 @dataclass(frozen=True)
@@ -196,12 +196,16 @@ class StoreWriter:
     def flush(self) -> None:
         """Commit whatever is waiting to be committed."""
 
+    def _discard(self) -> None:
+        """Drop what waits for its commit (after a failed write)."""
+
     def close(self, *, flush: bool = True) -> None:
         """Commit what waits (unless ``flush`` is false), clear staging, release the lock."""
         try:
             if flush:
                 self.flush()
         finally:
+            self._discard()
             shutil.rmtree(self._book_dir / "staging", ignore_errors=True)
             self._release()
 
@@ -388,9 +392,7 @@ class SparseWriter(StoreWriter):
             part_images,
             part_seconds,
         )
-        self._pending: list[ImageResult] = []
-        self._pending_bytes = 0
-        self._since = 0.0
+        self._part: PartFile | None = None  # the part being written, until its commit
 
     def missing(self) -> list[str]:
         gone = {p for p in self.parts if not (self.path / p).is_file()}
@@ -425,52 +427,32 @@ class SparseWriter(StoreWriter):
                 f"image {result.key!r} {'lacks' if want_labels else 'has'} point labels, but "
                 f"this store {'has' if want_labels else 'has no'} a label column"
             )
-        if not self._pending:
-            self._since = time.monotonic()
-        self._pending.append(result)
-        self._pending_bytes += f.nbytes
+        if self._part is None:
+            self._part = PartFile(self._staging(".parquet"), json.dumps(self.config).encode())
+        part = self._part
+        part.add(result)
         if (
-            self._pending_bytes >= self.part_bytes
-            or len(self._pending) >= self.part_images
-            or time.monotonic() - self._since >= self.part_seconds
+            part.feature_bytes >= self.part_bytes
+            or len(part) >= self.part_images
+            or time.monotonic() - part.started >= self.part_seconds
         ):
             self.flush()
 
     def flush(self) -> None:
-        import pyarrow.parquet as pq
-
-        if not self._pending:
+        part, self._part = self._part, None
+        if part is None:
             return
-        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        try:
+            images = part.finish()
+        except BaseException:
+            part.discard()
+            raise
         name = f"part-{self._next_part:06d}.parquet"
-        tmp = self._staging(".parquet")
-        meta = {
-            b"hypercolumns": json.dumps(self.config).encode(),
-            b"hypercolumns.images": json.dumps(
-                [{"key": r.key, **r.record} for r in pending]
-            ).encode(),
-        }
-        tables = [_table(r) for r in pending]
-        images = []
-        group = 0
-        # dictionary-encoding the features (pyarrow's default for every column) only to fall
-        # back to plain pages made writing 12x slower
-        schema = tables[0].schema.with_metadata(meta)
-        with pq.ParquetWriter(tmp, schema, use_dictionary=["key"]) as out:
-            for result, table in zip(pending, tables, strict=True):
-                rows = table.num_rows
-                out.write_table(table, row_group_size=min(rows, _ROW_GROUP))
-                count = -(-rows // _ROW_GROUP)
-                images.append({"key": result.key, "rows": rows,
-                               "row_groups": list(range(group, group + count)),
-                               **result.record})  # fmt: skip
-                group += count
-        _book.fsync_path(tmp)
         # a part waits for its commit where plain readers (pyarrow, pandas skip names starting
         # with '_') do not look, and moves beside the others once the manifest names it
         waiting = self._book_dir / PENDING / name
         waiting.parent.mkdir(exist_ok=True)
-        os.rename(tmp, waiting)
+        os.rename(part.path, waiting)
         _book.fsync_path(waiting.parent)
         self._next_part += 1
         self._commit(images, part=name)
@@ -479,22 +461,10 @@ class SparseWriter(StoreWriter):
         _book.fsync_path(self.path)
         self.bytes_written += size
 
-
-def _table(result: ImageResult) -> Any:
-    import pyarrow as pa
-
-    f = np.ascontiguousarray(result.features)
-    n, c = f.shape
-    assert result.points is not None
-    columns: dict[str, Any] = {
-        "key": pa.array([result.key] * n, pa.string()),
-        "y": pa.array(result.points[:, 0].astype(np.int32)),
-        "x": pa.array(result.points[:, 1].astype(np.int32)),
-    }
-    if result.labels is not None:
-        columns["label"] = pa.array(np.asarray(result.labels).astype(np.int32))
-    columns["features"] = pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1)), c)
-    return pa.table(columns)
+    def _discard(self) -> None:
+        part, self._part = self._part, None
+        if part is not None:
+            part.discard()
 
 
 def open_writer(
