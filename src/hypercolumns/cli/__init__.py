@@ -8,6 +8,7 @@ their parsing are in ``_options``, tables and progress bars in ``_render``.
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from typing import Annotated, Any
@@ -44,7 +45,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show full tracebacks on errors, and Ray's INFO lines and its workers' output "
+            "(--engine ray).",
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -53,6 +61,8 @@ def _root(
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    # the library's verbosity (the Ray engine lets Ray speak at DEBUG); this process is ours
+    logging.getLogger("hypercolumns").setLevel(logging.DEBUG if debug else logging.NOTSET)
 
 
 app.command()(layers.layers)
