@@ -234,7 +234,7 @@ class _Driver:
         if slot.rows_written == slot.shape[1]:
             del self.slots[key]
             writer.commit(slot)
-            self.sink.committed_in_bands()
+            self.sink.committed_in_bands(info["record"])
             self.finished.add(key)
             self.sink.advance(1)
 
