@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from hypercolumns.errors import ImageError, InputSizeError
+from hypercolumns.errors import ImageError, ImageWarning, InputSizeError
 from hypercolumns.images import load_image, read_image
 from hypercolumns.models import IMAGENET_MEAN, IMAGENET_STD, normalization
 from tests.tiny_models import tiny
@@ -191,3 +192,41 @@ def test_non_finite_mean_is_refused(tmp_path: Path, mean: list[float]) -> None:
     path = _save(tmp_path, "a.png", Image.new("RGB", (8, 8)))
     with pytest.raises(ImageError, match=r"mean must be finite, got \[.*nan|inf"):
         load_image(path, mean=mean)
+
+
+def multi_frame(path: Path, frames: int = 3, size: tuple[int, int] = (24, 20)) -> Path:
+    """An animated GIF or a multi-page TIFF (by ``path``'s suffix) of ``frames`` different
+    frames of ``size`` ``(H, W)``: frame ``i`` is uniformly grey at ``40 * (i + 1)``."""
+    imgs = [Image.new("RGB", (size[1], size[0]), (40 * (i + 1),) * 3) for i in range(frames)]
+    imgs[0].save(path, save_all=True, append_images=imgs[1:], **({"duration": 100, "loop": 0}
+                 if path.suffix == ".gif" else {}))  # fmt: skip
+    with Image.open(path) as check:
+        assert check.n_frames == frames
+    return path
+
+
+@pytest.mark.parametrize("name", ["anim.gif", "multi.tif"])
+def test_a_file_of_several_frames_gives_its_first_with_one_warning(
+    tmp_path: Path, name: str
+) -> None:
+    """I9: the first frame was used silently; now one ImageWarning names the file and its
+    frame count, and the record says how many frames the file holds."""
+    path = multi_frame(tmp_path / name)
+    with pytest.warns(ImageWarning) as caught:
+        x, prep = load_image(path, mean=[0.0], std=[1.0])
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert str(path) in message
+    assert "3 frames" in message
+    assert "only the first is used" in message
+    assert prep.frames == 3
+    assert prep.to_dict()["frames"] == 3
+    torch.testing.assert_close(x, torch.full_like(x, 40 / 255), atol=2 / 255, rtol=0)
+
+
+def test_a_single_frame_file_has_one_frame_and_no_warning(tmp_path: Path) -> None:
+    path = _save(tmp_path, "one.gif", Image.new("RGB", (8, 8), (10, 20, 30)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, prep = load_image(path)
+    assert prep.frames == 1

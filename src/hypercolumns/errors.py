@@ -13,6 +13,7 @@ __all__ = [
     "GeometryWarning",
     "HypercolumnsError",
     "ImageError",
+    "ImageWarning",
     "InputSizeError",
     "LayerNotFoundError",
     "MeasurementError",
@@ -85,6 +86,11 @@ class OutputTooLargeError(HypercolumnsError, MemoryError):
 
 class GeometryWarning(UserWarning):
     """An operation's receptive-field geometry is not known; the affected layers are unknown."""
+
+
+class ImageWarning(UserWarning):
+    """An image file holds more than its model input shows: an animated GIF, WebP or PNG, or a
+    multi-page TIFF, of which only the first frame is used."""
 
 
 class StoreWarning(UserWarning):

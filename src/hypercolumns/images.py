@@ -10,6 +10,14 @@ Any format Pillow reads is accepted. Decoding rules, in order:
   float images (``F``) are taken as ``[0, 1]`` when their maximum is at most 1, else ``/255``.
 * Channels follow the model's first convolution: 3 (grey images are replicated) or 1 (colour
   images become luminance, ITU-R 601-2).
+* A file of several frames (an animated GIF, WebP or PNG, a multi-page TIFF) gives its **first
+  frame**, with one :class:`~hypercolumns.errors.ImageWarning` naming the file and its frame
+  count, and ``frames`` in its :class:`Preprocessing` record. A model input is one image, and
+  the first frame is what every viewer and thumbnail shows for such a file; refusing it would
+  stop a folder over one GIF, and reading every frame would turn one path into many keys.
+  To use other frames, split the file first (e.g. ``ImageSequence`` of Pillow). Multi-picture
+  JPEGs (MPO: a camera's previews or depth maps after the photo) are counted but not warned
+  about: their first picture *is* the photo.
 
 Pixel values are in ``[0, 1]`` before normalisation ``(x - mean) / std``. The mean and std come
 from the model: timm models carry them in ``model.pretrained_cfg``; torchvision models get the
@@ -25,6 +33,7 @@ Geometry: by default the image keeps its own size. ``resize="224"`` scales the s
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +46,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from hypercolumns._checks import size_spec
-from hypercolumns.errors import ImageError, InputSizeError, OutputTooLargeError
+from hypercolumns.errors import ImageError, ImageWarning, InputSizeError, OutputTooLargeError
 from hypercolumns.models import INTERPOLATIONS, input_channels, normalization
 
 __all__ = [
@@ -72,6 +81,7 @@ class Preprocessing:
         mean: Per-channel mean subtracted.
         std: Per-channel divisor.
         normalization: Where ``mean``/``std`` come from (see :class:`Normalization`).
+        frames: Frames (or pages) in the file; only the first is used (see the module's notes).
     """
 
     path: str
@@ -88,6 +98,7 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     normalization: str
+    frames: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists)."""
@@ -110,17 +121,26 @@ def read_image(path: str | Path) -> Image.Image:
     return _read(Path(path))[0]
 
 
-def _read(path: Path) -> tuple[Image.Image, str, bool]:
-    """The upright decoded image, the file's mode, and whether EXIF orientation moved pixels."""
+def _read(path: Path) -> tuple[Image.Image, str, bool, int]:
+    """The upright decoded image (the first frame), the file's mode, whether EXIF orientation
+    moved pixels, and the file's frame count."""
     if not path.is_file():
         raise ImageError(f"image {str(path)!r} does not exist or is not a file")
     try:
         with Image.open(path) as img:
+            frames = max(1, int(getattr(img, "n_frames", 1)))
             img.load()  # decode now: truncated files fail here, not later
             orientation = img.getexif().get(0x0112, 1)
             upright = ImageOps.exif_transpose(img)
             upright.load()
-            return upright, img.mode, orientation not in (1, None)
+            if frames > 1 and img.format != "MPO":
+                warnings.warn(
+                    f"image {str(path)!r} has {frames} frames ({img.format} "
+                    f"{'pages' if img.format == 'TIFF' else 'animation'}); only the first is used",
+                    ImageWarning,
+                    stacklevel=3,
+                )
+            return upright, img.mode, orientation not in (1, None), frames
     except UnidentifiedImageError as err:
         raise ImageError(f"cannot read {str(path)!r}: not an image format Pillow knows") from err
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -355,7 +375,7 @@ def load_image(
     resize_s = None if resize is None else str(resize)
     if max_bytes is not None:
         check_decoded_size(Path(path), channels, resize_s, max_bytes, budget_name)
-    img, mode, exif_transposed = _read(Path(path))
+    img, mode, exif_transposed, frames = _read(Path(path))
     arr, scale, composited = _pixels(img)
     x = _to_channels(arr, channels)
     original = (int(x.shape[2]), int(x.shape[3]))
@@ -380,5 +400,6 @@ def load_image(
         mean=mean_c,
         std=std_c,
         normalization=source,
+        frames=frames,
     )
     return x.float().contiguous(), record

@@ -403,3 +403,57 @@ def test_an_image_replaced_under_its_key_is_noticed_on_rerun(
     assert ": a.png;" in warned[0]
     with pytest.warns(StoreWarning, match="changed since they were committed"):
         pipeline.run([src], out, Settings(model=TINY, layers="1", points=4))
+
+
+def _frames_warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning:") and "frames" in line]
+
+
+def test_multi_frame_images_warn_once_each_in_single_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """I9: an animated GIF and a multi-page TIFF gave their first frame silently."""
+    from safetensors import safe_open
+
+    from tests.test_images import multi_frame
+
+    gif, tif = multi_frame(tmp_path / "anim.gif"), multi_frame(tmp_path / "multi.tif", 2)
+    png = image(tmp_path, "still.png", (24, 20))
+    out = tmp_path / "frames.safetensors"
+    code, _, err = run(["extract", TINY, str(tif), str(gif), str(png), "-l", "1", "-o",
+                        str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    warned = _frames_warnings(err)
+    assert len(warned) == 2, err
+    assert f"'{tif}' has 2 frames (TIFF pages); only the first is used" in warned[0]
+    assert f"'{gif}' has 3 frames (GIF animation); only the first is used" in warned[1]
+    with safe_open(str(out), "pt") as fh:
+        meta = json.loads(fh.metadata()["hypercolumns"])
+    assert {i["key"]: i["frames"] for i in meta["images"]} == {"multi": 2, "anim": 3, "still": 1}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_multi_frame_images_warn_once_each_in_stores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: int
+) -> None:
+    """I9 in a store: decoding (in worker processes too) notes it in the image's record; the
+    process writing the store shows one line per image."""
+    import hypercolumns as hc
+    from tests.test_images import multi_frame
+
+    src = tmp_path / "in"
+    src.mkdir()
+    multi_frame(src / "anim.gif")
+    image(src, "still.png", (24, 20))
+    out = tmp_path / "s.parquet"
+    code, _, err = run(["extract", TINY, str(src), "-l", "1", "-p", "4", "-o", str(out),
+                        "--workers", str(workers)], capsys)  # fmt: skip
+    assert code == 0, err
+    warned = _frames_warnings(err)
+    assert len(warned) == 1, err
+    assert "anim.gif' has 3 frames (GIF animation); only the first is used" in warned[0]
+    store = hc.open_store(out)
+    assert store.record("anim.gif")["preprocessing"]["frames"] == 3
+    assert store.record("anim.gif")["warnings"] == [warned[0].removeprefix("warning: ")]
+    assert store.record("still.png")["preprocessing"]["frames"] == 1
+    assert "warnings" not in store.record("still.png")

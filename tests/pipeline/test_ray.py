@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -239,6 +244,88 @@ def test_a_failing_actor_stops_the_run_with_one_line(
     assert_one_line_error(code, err, "the Ray pipeline failed: ")
     assert "not in a Ray actor" in err
     assert len(hc.open_store(out)) == 0
+
+
+def _command(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real command line in a process of its own (where Ray is not yet connected)."""
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "hypercolumns", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # a driver of its own joins the module's instance: Ray's start, its actors'
+@pytest.mark.parametrize("debug", [False, True])
+def test_actors_failing_on_a_cluster_print_no_worker_tracebacks(
+    ray_instance: ModuleType, folder: Path, tmp_path: Path, debug: bool
+) -> None:
+    """RY4: the model builds here but not in the actors of a cluster the command joins: without
+    --debug, neither Ray's INFO lines nor the workers' tracebacks reach the terminal, and the
+    last line is ours; --debug shows them."""
+    address = ray_instance.get_runtime_context().gcs_address
+    out = tmp_path / "a.parquet"
+    res = _command(*(["--debug"] if debug else []), "extract", NOT_IN_ACTORS, str(folder),
+                   "--layers", "0,3", "--points", "5", "--out", str(out), "--engine", "ray",
+                   "--ray-address", address)  # fmt: skip
+    assert res.returncode == 1
+    both = res.stdout + res.stderr
+    if debug:
+        assert "Traceback" in both
+        return
+    assert "Traceback" not in both, both
+    assert " INFO " not in both, both
+    lines = both.strip().splitlines()
+    # Ray's own warnings may remain (token authentication, issue 53727), never a traceback
+    assert len(lines) <= 4, both
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the Ray pipeline failed: "), both
+    assert "not in a Ray actor" in last
+    assert len(hc.open_store(out)) == 0
+
+
+def _free_port() -> int:
+    """A local port where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.slow  # a command of its own: imports Ray and PyTorch
+def test_an_unreachable_cluster_is_one_line_at_once(folder: Path, tmp_path: Path) -> None:
+    """RY6: nothing answers at --ray-address: one line, not Ray's 30 s of retries."""
+    address = f"127.0.0.1:{_free_port()}"
+    out = tmp_path / "a.parquet"
+    res = _command("extract", TINY, str(folder), "--layers", "0,3", "--points", "5", "--out",
+                   str(out), "--engine", "ray", "--ray-address", address)  # fmt: skip
+    assert res.returncode == 1
+    assert res.stdout == ""
+    assert_one_line_error(1, res.stderr, f"cannot join a Ray cluster at '{address}'")
+    assert "nothing answers" in res.stderr
+
+
+@pytest.mark.parametrize("form", ["{}", "ray://{}", "RAY_ADDRESS={}", "auto+RAY_ADDRESS={}"])
+def test_reachability_is_checked_in_seconds(form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = f"127.0.0.1:{_free_port()}"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    address: str | None = form.format(target)
+    if "RAY_ADDRESS=" in form:
+        monkeypatch.setenv("RAY_ADDRESS", target)
+        address = "auto" if form.startswith("auto") else None
+    start = time.monotonic()
+    with pytest.raises(HypercolumnsError, match=r"nothing answers at 127\.0\.0\.1:\d+"):
+        _ray._reachable(address)
+    assert time.monotonic() - start < _ray.CONNECT_TIMEOUT + 1
+
+
+@pytest.mark.parametrize("address", [None, "auto", "local", "ray://", "not an address"])
+def test_addresses_ray_resolves_are_left_to_it(
+    address: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _ray._reachable(address)  # no connection tried, no error
 
 
 def test_without_ray_installed_or_another_engine(

@@ -9,6 +9,7 @@ exit code. Shared options and their parsing are in ``_options``, tables and prog
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from typing import Annotated, Any
@@ -45,7 +46,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show full tracebacks on errors, and Ray's INFO lines and its workers' output "
+            "(--engine ray).",
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -54,6 +62,8 @@ def _root(
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    # the library's verbosity (the Ray engine lets Ray speak at DEBUG); this process is ours
+    logging.getLogger("hypercolumns").setLevel(logging.DEBUG if debug else logging.NOTSET)
 
 
 app.command()(layers.layers)

@@ -136,7 +136,7 @@ def run(
         for item in banded:
             failure = write_banded(extraction, sink.writer, item)
             if failure is None:
-                sink.committed_in_bands()
+                sink.committed_in_bands(item.record)
             else:
                 sink.put(failure)
         sink.advance(len(batch))

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -233,7 +234,7 @@ class _Driver:
         if slot.rows_written == slot.shape[1]:
             del self.slots[key]
             writer.commit(slot)
-            self.sink.committed_in_bands()
+            self.sink.committed_in_bands(info["record"])
             self.finished.add(key)
             self.sink.advance(1)
 
@@ -320,11 +321,69 @@ def _pool(
     return n, {"num_cpus": cpus}, "cpu", cpus
 
 
+#: Seconds a plain TCP connection to a cluster's address may take before the run gives up.
+CONNECT_TIMEOUT = 5.0
+
+_HOST_PORT = re.compile(r"(?:ray://)?(\[[^\]]+\]|[^:/\[\]]+):(\d+)/?")
+
+
+def _reachable(address: str | None) -> None:
+    """Refuse at once, in one line, a cluster address where nothing answers.
+
+    ``ray.init`` itself retries an unreachable address for 30 s or more and prints a line per
+    attempt; a plain TCP connection (at most :data:`CONNECT_TIMEOUT` seconds) says the same in
+    one line. Only ``HOST:PORT`` and ``ray://HOST:PORT`` are checked (``RAY_ADDRESS`` stands in
+    for ``None`` and ``"auto"``, as in ``ray.init``); ``auto`` without it is found by Ray.
+    """
+    if address is None or address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or address
+    match = _HOST_PORT.fullmatch(address or "")
+    if match is None:
+        return
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise HypercolumnsError(
+            f"cannot join a Ray cluster at {address!r}: nothing answers at {host}:{port} "
+            f"({why} within {CONNECT_TIMEOUT:g} s); start one there ('ray start --head') or "
+            "check the address (ray_address, --ray-address, RAY_ADDRESS)"
+        ) from err
+
+
+def _verbose() -> bool:
+    """Whether Ray may speak: its INFO lines and its workers' output (tracebacks included)
+    reach this terminal only when the ``hypercolumns`` logger is at DEBUG (the CLI's
+    ``--debug``); otherwise they stay in the session's log files."""
+    return logging.getLogger("hypercolumns").isEnabledFor(logging.DEBUG)
+
+
+#: Ray's switch for the raylet's report of every failed task it will retry, a worker's
+#: traceback that the driver prints whatever ``log_to_driver`` says; read when Ray starts.
+_RETRY_LOG = "RAY_enable_output_error_log_if_still_retry"
+
+
+@contextlib.contextmanager
+def _env(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in the environment (where it holds no value of its own), then as before."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 @contextlib.contextmanager
 def _connected(address: str | None) -> Iterator[ModuleType]:
     """Ray, connected: to the instance this process already uses, else to the cluster at
     ``address``, else (no ``address``, no ``RAY_ADDRESS``) to a new local instance, which is
-    shut down at the end."""
+    shut down at the end. Ray speaks only at warnings, and its workers' output stays in the
+    session's logs, unless :func:`_verbose`; an instance this process already uses is left as
+    its caller set it."""
     if address is None and "ray" not in sys.modules:
         # A local instance runs this interpreter: Ray's copy of a `uv run` environment for its
         # workers (a new virtual environment per session) would only cost time.
@@ -335,12 +394,18 @@ def _connected(address: str | None) -> Iterator[ModuleType]:
     if ray.is_initialized():
         yield ray
         return
+    _reachable(address)
+    verbose = _verbose()
+    # workers' output (their tracebacks) stays in the session's logs: errors come as one line
+    quiet: dict[str, Any] = {} if verbose else {"log_to_driver": False}
     try:
-        if address is None:
-            # workers' output stays in the session's logs: errors come as one line here
-            ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-        else:
-            ray.init(address=address)
+        with _env({} if verbose else {_RETRY_LOG: "0"}):
+            if address is None:
+                level = logging.INFO if verbose else logging.ERROR
+                ray.init(include_dashboard=False, logging_level=level, **quiet)
+            else:
+                level = logging.INFO if verbose else logging.WARNING
+                ray.init(address=address, logging_level=level, **quiet)
     except Exception as err:
         where = f"at {address!r}" if address else "here"
         raise HypercolumnsError(f"cannot start or join a Ray cluster {where}: {_why(err)}") from err

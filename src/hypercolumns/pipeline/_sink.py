@@ -7,11 +7,12 @@ results into the store and counts them, the choice of images to compute whole or
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns.errors import HypercolumnsError, ImageWarning
 from hypercolumns.io.store import TILE, ImageResult, StoreWriter
 from hypercolumns.pipeline.decoding import Decoded
 from hypercolumns.pipeline.extraction import Extraction, Failure, failure_of
@@ -40,17 +41,25 @@ class Sink:
         else:
             self.writer.write(result)
             self.done += 1
+            _warn(result.record)
 
-    def committed_in_bands(self) -> None:
-        """Count an image the engine wrote in bands and committed."""
+    def committed_in_bands(self, record: Mapping[str, Any] | None = None) -> None:
+        """Count an image the engine wrote in bands and committed (``record``: its record)."""
         self.done += 1
         self.banded += 1
+        _warn(record or {})
 
     def advance(self, images: int) -> None:
         """Report ``images`` more images processed."""
         self.processed += images
         if self.progress is not None:
             self.progress(self.processed, self.total)
+
+
+def _warn(record: Mapping[str, Any]) -> None:
+    """Show here what decoding noted about a committed image (see ``decoding``)."""
+    for note in record.get("warnings", ()):
+        warnings.warn(note, ImageWarning, stacklevel=3)
 
 
 def split_whole(

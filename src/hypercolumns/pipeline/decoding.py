@@ -2,6 +2,11 @@
 sparse stores) its points sampled, as :class:`DecodeOptions` say. It needs no model, so it runs
 in worker processes and Ray tasks, and it never raises: an unusable image carries its error.
 
+Decoding warns about nothing where it runs (a worker process, a Ray task): what
+:func:`~hypercolumns.images.load_image` would warn about an image (:class:`ImageWarning`: a file
+of several frames) goes into its record, under ``warnings``, for the process that writes the
+store to show (:meth:`~hypercolumns.pipeline._sink.Sink.put`).
+
 Points are sampled per image from a seed derived from the run's seed and the image's key, so
 an image gets the same points whatever batch or engine it lands in, in this run or a resumed one.
 """
@@ -9,6 +14,7 @@ an image gets the same points whatever batch or engine it lands in, in this run 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hypercolumns.errors import HypercolumnsError
+from hypercolumns.errors import HypercolumnsError, ImageWarning
 from hypercolumns.features.points import sample_points
-from hypercolumns.images import load_image, per_channel, read_mask
+from hypercolumns.images import Preprocessing, load_image, per_channel, read_mask
 from hypercolumns.models import input_channels, normalization
 from hypercolumns.pipeline.settings import Settings
 from hypercolumns.pipeline.sources import Source
@@ -106,6 +112,20 @@ def _image_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _load(source: Source, options: DecodeOptions) -> tuple[torch.Tensor, Preprocessing]:
+    return load_image(
+        source.path,
+        channels=options.channels,
+        mean=options.mean,
+        std=options.std,
+        resize=options.resize,
+        crop=options.crop,
+        interpolation=options.interpolation,
+        max_bytes=options.max_bytes,
+        budget_name="the run's memory budget, max_memory / --max-memory",
+    )
+
+
 def decode(source: Source, options: DecodeOptions) -> Decoded:
     """Read and preprocess one image, and sample its points; errors become ``Decoded.error``."""
     record: dict[str, Any] = {"source": str(source.path)}
@@ -115,17 +135,15 @@ def decode(source: Source, options: DecodeOptions) -> Decoded:
         record["mask"] = str(source.mask)
     try:
         record["source_stat"] = file_stat(source.path)
-        x, prep = load_image(
-            source.path,
-            channels=options.channels,
-            mean=options.mean,
-            std=options.std,
-            resize=options.resize,
-            crop=options.crop,
-            interpolation=options.interpolation,
-            max_bytes=options.max_bytes,
-            budget_name="the run's memory budget, max_memory / --max-memory",
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ImageWarning)
+            x, prep = _load(source, options)
+        notes = [str(w.message) for w in caught if issubclass(w.category, ImageWarning)]
+        for w in caught:  # other warnings go on as they came
+            if not issubclass(w.category, ImageWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if notes:
+            record["warnings"] = notes
         prep = replace(prep, normalization=options.normalization)
         record["preprocessing"] = prep.to_dict()
         points = labels = None
