@@ -37,10 +37,12 @@ __all__ = [
     "Weights",
     "cell",
     "check_figure",
+    "count_or_file",
     "floats",
     "image_files",
     "load",
     "parse_kwargs",
+    "pixel",
     "unit",
 ]
 
@@ -183,6 +185,33 @@ def cell(text: str) -> tuple[int, int]:
     except ValueError as err:
         raise HypercolumnsError(f"--unit expects I,J (two integers), got {text!r}") from err
     return i, j
+
+
+def count_or_file(text: str | None, option: str = "--points") -> int | Path | None:
+    """``--points``: a count of pixels to sample, or a file of them (``None`` when not given)."""
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        n = int(text)
+        if n < 1:
+            raise HypercolumnsError(f"{option} must be a positive number of pixels to sample")
+        return n
+    if not Path(text).is_file():
+        raise HypercolumnsError(
+            f"{option} {text!r} is neither a count nor a file (.json, .npy, .csv of y,x pairs)"
+        )
+    return Path(text)
+
+
+def pixel(text: str, option: str) -> tuple[int, int]:
+    """``Y,X`` (``--similar``) as a pair of ints."""
+    try:
+        y, x = (int(v) for v in text.split(","))
+    except ValueError as err:
+        raise HypercolumnsError(
+            f"{option} expects Y,X (two integers: row, column), got {text!r}"
+        ) from err
+    return y, x
 
 
 def unit(text: str | None) -> Any:

@@ -27,6 +27,7 @@ from hypercolumns.cli._options import (
     Resize,
     Std,
     Weights,
+    count_or_file,
     floats,
     parse_kwargs,
 )
@@ -274,22 +275,6 @@ def extract(
     _to_file(model, [s.path for s in sources], layers_spec, out, **common)
 
 
-def _points(text: str | None) -> int | Path | None:
-    """``--points``: a count of pixels to sample, or a file of them."""
-    if text is None:
-        return None
-    if text.strip().isdigit():
-        n = int(text)
-        if n < 1:
-            raise HypercolumnsError("--points must be a positive number of pixels to sample")
-        return n
-    if not Path(text).is_file():
-        raise HypercolumnsError(
-            f"--points {text!r} is neither a count nor a file (.json, .npy, .csv of y,x pairs)"
-        )
-    return Path(text)
-
-
 def _to_file(
     model: str,
     images: list[Path],
@@ -321,7 +306,7 @@ def _to_file(
     mean_v, std_v = floats(mean, "--mean"), floats(std, "--std")
     out_size = parse_size(size) if size is not None else None
     kwargs = parse_kwargs(model_kwargs)
-    sample = _points(points)
+    sample = count_or_file(points)
     with progress_callback("extracting") as report:
         try:
             written = extract_to_file(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,9 +17,17 @@ from hypercolumns.cli._options import (
     check_figure,
     floats,
     load,
+    pixel,
 )
 from hypercolumns.cli._render import stdout
 from hypercolumns.errors import HypercolumnsError
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+    from torch import nn
+
+    from hypercolumns.rf.layers import Layer
 
 __all__ = ["show"]
 
@@ -67,6 +75,15 @@ def show(
             "--rf", help="Receptive-field boxes of each layer's centre unit on the image."
         ),
     ] = False,
+    similar: Annotated[
+        str | None,
+        typer.Option(
+            "--similar",
+            metavar="Y,X",
+            help="Cosine similarity of pixel (Y, X)'s hypercolumn (over all --layer layers) to "
+            "every pixel, with the receptive field of each layer's unit nearest it.",
+        ),
+    ] = None,
     resize: Resize = None,
     crop: Crop = None,
     norm_mean: Annotated[
@@ -86,9 +103,13 @@ def show(
     activation, or receptive fields on the image.
 
     One figure per call, chosen by flag: one channel (default, --channel K), --grid,
-    --mean (over all --layer layers) or --rf. The image is preprocessed as for extract.
+    --mean (over all --layer layers), --rf, or --similar Y,X (the pixels whose hypercolumns
+    look like that of pixel Y,X). The image is preprocessed as for extract.
 
     Example: hypercolumns show torchvision:vgg16 cat.jpg --layer 3,8 --mean --out mean.png
+
+    Example: hypercolumns show torchvision:vgg16 cat.jpg --layer 3,8,15,22 --similar 120,96
+    --out similar.png
     """
     from hypercolumns.images import load_image
     from hypercolumns.rf.layers import layers as list_layers
@@ -96,10 +117,12 @@ def show(
     from hypercolumns.viz import plot
 
     modes = [name for name, on in (("--channel", channel is not None), ("--grid", grid),
-                                   ("--mean", mean_hc), ("--rf", rf)) if on]  # fmt: skip
+                                   ("--mean", mean_hc), ("--rf", rf),
+                                   ("--similar", similar is not None)) if on]  # fmt: skip
     if len(modes) > 1:
         raise HypercolumnsError(f"choose one of {', '.join(modes)}: one figure per call")
     check_figure(out)
+    query = None if similar is None else pixel(similar, "--similar")
     net = load(model, model_kwargs, weights, pretrained)
     x, prep = load_image(
         image, net, mean=floats(norm_mean, "--norm-mean"), std=floats(norm_std, "--norm-std"),
@@ -107,12 +130,14 @@ def show(
     )  # fmt: skip
     picture = prep.unnormalize(x[0])
     chosen = select(list_layers(net, prep.size), layer, input_size=prep.size)
-    if (mean_hc or rf) is False and len(chosen) > 1:
+    if (mean_hc or rf or query is not None) is False and len(chosen) > 1:
         raise HypercolumnsError(
             f"--layer {layer!r} names {len(chosen)} layers; a feature map or --grid shows one "
             "(several work with --mean and --rf)"
         )
-    if rf:
+    if query is not None:
+        fig = _similar(net, x, picture, chosen, query)
+    elif rf:
         fig = plot.receptive_fields(picture, chosen)
     elif mean_hc:
         from hypercolumns.features.columns import hypercolumns as compute
@@ -135,3 +160,26 @@ def show(
             fig = plot.feature_map(maps, channel or 0, layer=target, image=picture)
     plot.save(fig, out)
     stdout.print(f"wrote {out}", highlight=False)
+
+
+def _similar(
+    net: nn.Module,
+    x: torch.Tensor,
+    picture: torch.Tensor,
+    chosen: list[Layer],
+    query: tuple[int, int],
+) -> Figure:
+    """The ``--similar`` figure of pixel ``query`` of the image ``x``."""
+    import torch
+
+    from hypercolumns.probes.similarity import similarity
+    from hypercolumns.viz import matches
+
+    (height, width), (y, x_) = x.shape[-2:], query
+    if not (0 <= y < height and 0 <= x_ < width):
+        raise HypercolumnsError(
+            f"--similar {y},{x_} is outside the {height}x{width} image (Y in 0..{height - 1}, "
+            f"X in 0..{width - 1}; sizes after --resize/--crop)"
+        )
+    sim = similarity(net, x, [c.name for c in chosen], torch.tensor([query]))
+    return matches.similarity_map(picture, sim[0], query, layers=chosen)

@@ -35,7 +35,9 @@ __all__ = [
     "feature_map",
     "mean_hypercolumn",
     "receptive_fields",
+    "rf_boxes",
     "save",
+    "unit_at",
 ]
 
 FORMATS = (".png", ".pdf", ".svg")
@@ -209,12 +211,10 @@ def mean_hypercolumn(
 
 
 def _center_unit(layer: Layer) -> tuple[int, int]:
-    if len(layer.shape) >= 3 and layer.layout is not None:
-        h, w = layer.layout.grid
-    elif len(layer.shape) >= 3:
-        h, w = layer.shape[-2], layer.shape[-1]
-    else:
+    grid = _grid(layer)
+    if grid is None:
         return (0, 0)
+    h, w = grid
     return ((h - 1) // 2, (w - 1) // 2)
 
 
@@ -240,6 +240,39 @@ def receptive_fields(
     fig = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = fig.subplots()
     _show_image(ax, img, f"theoretical receptive fields on the {height}\u00d7{width} input")
+    rf_boxes(ax, layers, units, (height, width))
+    if layers:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
+    return fig
+
+
+def _grid(layer: Layer) -> tuple[int, int] | None:
+    if len(layer.shape) >= 3 and layer.layout is not None:
+        return layer.layout.grid
+    if len(layer.shape) >= 3:
+        return layer.shape[-2], layer.shape[-1]
+    return None
+
+
+def unit_at(layer: Layer, y: float, x: float) -> tuple[int, int]:
+    """The unit ``(i, j)`` of ``layer`` whose receptive field is centred nearest the input
+    pixel ``(y, x)`` (``(0, 0)`` for a global layer)."""
+    grid = _grid(layer)
+    if layer.rf is None or layer.rf.is_global or grid is None:
+        return (0, 0)
+    uy, ux = layer.rf.to_units(y, x)
+    return (min(max(round(uy), 0), grid[0] - 1), min(max(round(ux), 0), grid[1] - 1))
+
+
+def rf_boxes(
+    ax: Any,
+    layers: Sequence[Layer],
+    units: Sequence[tuple[int, int]] | None,
+    size: tuple[int, int],
+) -> None:
+    """Draw one receptive-field box (and centre) per layer on ``ax``, whose image is ``size``,
+    and widen the limits to show boxes that reach past the image."""
+    height, width = size
     colors = [f"C{k % 10}" for k in range(len(layers))]
     lo_y, lo_x, hi_y, hi_x = -0.5, -0.5, height - 0.5, width - 0.5
     for k, layer in enumerate(layers):
@@ -269,9 +302,6 @@ def receptive_fields(
     pad = 0.02 * max(hi_y - lo_y, hi_x - lo_x)
     ax.set_xlim(lo_x - pad, hi_x + pad)
     ax.set_ylim(hi_y + pad, lo_y - pad)
-    if layers:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
-    return fig
 
 
 def check_path(path: str | Path) -> Path:
