@@ -1,10 +1,10 @@
 """The ``hypercolumns`` command line: a thin layer over the library.
 
 This file builds the app and registers the commands, each in a file of its own (``layers``,
-``extract``, ``erf``, ``show``, the ``draw`` and ``probe`` groups, ``demo``, ``explore``);
-:func:`main` runs it, printing library errors and warnings as one line each and choosing the
-exit code. Shared options and their parsing are in ``_options``, tables and progress bars in
-``_render``.
+``extract``, ``erf``, ``show``, ``cluster``, the ``draw`` and ``probe`` groups, ``demo``,
+``explore``); :func:`main` runs it, printing library errors and warnings as one line each and
+choosing the exit code. Shared options and their parsing are in ``_options``, tables and
+progress bars in ``_render``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,18 @@ from rich.markup import escape
 
 from hypercolumns._allocator import keep_freed_memory
 from hypercolumns._version import __version__
-from hypercolumns.cli import _signals, demo, draw, erf, explore, extract, layers, probe, show
+from hypercolumns.cli import (
+    _signals,
+    cluster,
+    demo,
+    draw,
+    erf,
+    explore,
+    extract,
+    layers,
+    probe,
+    show,
+)
 from hypercolumns.cli._render import stderr, stdout
 from hypercolumns.errors import HypercolumnsError
 
@@ -60,6 +71,7 @@ app.command()(layers.layers)
 app.command()(extract.extract)
 app.command()(erf.erf)
 app.command()(show.show)
+app.command()(cluster.cluster)
 app.add_typer(draw.app)
 app.add_typer(probe.app)
 app.command()(demo.demo)
