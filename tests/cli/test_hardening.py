@@ -189,10 +189,11 @@ def _figure_commands(img: str) -> dict[str, list[str]]:
         "draw rf": ["draw", "rf", TINY, img, "--layer", "4", "--unit", "2,3"],
         "erf": ["erf", TINY, "--layer", "3", "-s", "16", "-n", "2"],
         "draw conv": ["draw", "conv", "--kernel", "3"],
+        "cluster": ["cluster", TINY, img, "--layers", "0,3", "-k", "2"],
     }
 
 
-@pytest.mark.parametrize("command", ["extract", "show", "draw rf", "erf", "draw conv"])
+@pytest.mark.parametrize("command", ["extract", "show", "draw rf", "erf", "draw conv", "cluster"])
 def test_an_output_under_a_file_fails_before_the_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:

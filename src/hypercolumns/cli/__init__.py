@@ -1,7 +1,7 @@
 """The ``hypercolumns`` command line: a thin layer over the library.
 
 This file builds the app and registers the commands, each in a file of its own (``layers``,
-``extract``, ``erf``, ``show``, ``match``, the ``draw`` and ``probe`` groups, ``demo``,
+``extract``, ``erf``, ``show``, ``match``, ``cluster``, the ``draw`` and ``probe`` groups, ``demo``,
 ``explore``); :func:`main` runs it, printing library errors and warnings as one line each and
 choosing the exit code. Shared options and their parsing are in ``_options``, tables and
 progress bars in ``_render``.
@@ -19,7 +19,19 @@ from rich.markup import escape
 
 from hypercolumns._allocator import keep_freed_memory
 from hypercolumns._version import __version__
-from hypercolumns.cli import _signals, demo, draw, erf, explore, extract, layers, match, probe, show
+from hypercolumns.cli import (
+    _signals,
+    cluster,
+    demo,
+    draw,
+    erf,
+    explore,
+    extract,
+    layers,
+    match,
+    probe,
+    show,
+)
 from hypercolumns.cli._render import stderr, stdout
 from hypercolumns.errors import HypercolumnsError
 
@@ -71,6 +83,7 @@ app.command()(extract.extract)
 app.command()(erf.erf)
 app.command()(show.show)
 app.command()(match.match)
+app.command()(cluster.cluster)
 app.add_typer(draw.app)
 app.add_typer(probe.app)
 app.command()(demo.demo)

@@ -41,7 +41,7 @@ def show(
             "--layer",
             "-l",
             metavar="L",
-            help="Layer name or index; several (3,8) with --mean or --rf.",
+            help="Layer name or index; several (3,8) with --mean, --pca or --rf.",
             show_default=False,
         ),
     ],
@@ -67,6 +67,14 @@ def show(
         typer.Option(
             "--mean",
             help="Mean hypercolumn activation per pixel over the layers, beside the image.",
+        ),
+    ] = False,
+    pca: Annotated[
+        bool,
+        typer.Option(
+            "--pca",
+            help="The first three principal components of the hypercolumns (over the layers, "
+            "fitted on this image) as RGB, beside the image.",
         ),
     ] = False,
     rf: Annotated[
@@ -103,8 +111,9 @@ def show(
     activation, or receptive fields on the image.
 
     One figure per call, chosen by flag: one channel (default, --channel K), --grid,
-    --mean (over all --layer layers), --rf, or --similar Y,X (the pixels whose hypercolumns
-    look like that of pixel Y,X). The image is preprocessed as for extract.
+    --mean (over all --layer layers), --pca (a PCA image of the hypercolumns of all --layer
+    layers), --rf, or --similar Y,X (the pixels whose hypercolumns look like that of pixel
+    Y,X). The image is preprocessed as for extract.
 
     Example: hypercolumns show torchvision:vgg16 cat.jpg --layer 3,8 --mean --out mean.png
 
@@ -116,9 +125,9 @@ def show(
     from hypercolumns.rf.layers import select
     from hypercolumns.viz import plot
 
-    modes = [name for name, on in (("--channel", channel is not None), ("--grid", grid),
-                                   ("--mean", mean_hc), ("--rf", rf),
-                                   ("--similar", similar is not None)) if on]  # fmt: skip
+    flags = (("--channel", channel is not None), ("--grid", grid), ("--mean", mean_hc),
+             ("--pca", pca), ("--rf", rf), ("--similar", similar is not None))  # fmt: skip
+    modes = [name for name, on in flags if on]
     if len(modes) > 1:
         raise HypercolumnsError(f"choose one of {', '.join(modes)}: one figure per call")
     check_figure(out)
@@ -130,15 +139,24 @@ def show(
     )  # fmt: skip
     picture = prep.unnormalize(x[0])
     chosen = select(list_layers(net, prep.size), layer, input_size=prep.size)
-    if (mean_hc or rf or query is not None) is False and len(chosen) > 1:
+    if (mean_hc or rf or pca or query is not None) is False and len(chosen) > 1:
         raise HypercolumnsError(
             f"--layer {layer!r} names {len(chosen)} layers; a feature map or --grid shows one "
-            "(several work with --mean and --rf)"
+            "(several work with --mean, --pca, --rf and --similar)"
         )
     if query is not None:
         fig = _similar(net, x, picture, chosen, query)
     elif rf:
         fig = plot.receptive_fields(picture, chosen)
+    elif pca:
+        from hypercolumns.probes.pca_image import fit_pca_image
+        from hypercolumns.viz.pca_image import pca_figure
+
+        names = [c.name for c in chosen]
+        fitted = fit_pca_image(net, x, names)
+        fig = pca_figure(
+            picture, fitted.rgb(x)[0], layers=names, explained=fitted.explained_ratio.tolist()
+        )
     elif mean_hc:
         from hypercolumns.features.columns import hypercolumns as compute
 
