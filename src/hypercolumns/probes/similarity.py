@@ -33,7 +33,7 @@ from hypercolumns.features.linear import LayerMaps, LinearMap, layer_maps
 from hypercolumns.features.points import sample_points
 from hypercolumns.rf.layers import LayerSpec
 
-__all__ = ["CHUNK_BYTES", "Correspondence", "correspond", "similarity"]
+__all__ = ["CHUNK_BYTES", "Correspondence", "correspond", "similarity", "similarity_of_maps"]
 
 CHUNK_BYTES = 256 * 2**20
 """Working memory of one chunk of :func:`correspond` by default (its score maps)."""
@@ -138,6 +138,47 @@ def _queries(maps: LayerMaps, at: torch.Tensor) -> tuple[LinearMap, torch.Tensor
     return LinearMap(rows, columns.new_zeros(columns.shape[0])), inverse
 
 
+def similarity_of_maps(
+    source: LayerMaps,
+    query: torch.Tensor | Sequence[Sequence[float]],
+    *,
+    target: LayerMaps | None = None,
+) -> torch.Tensor:
+    """:func:`similarity` from layer maps already computed (one image each, the same layers):
+    no forward pass, so an app can keep the maps of an image and answer each query at the cost
+    of a ``Q``-output linear map and the target's norms.
+
+    Args:
+        source: The maps of the query image (:func:`~hypercolumns.features.linear.layer_maps`
+            or :meth:`~hypercolumns.features.linear.LinearMapper.maps` of one image).
+        query: ``(Q, 2)`` ``(y, x)`` pixels of the source image, each inside it.
+        target: The maps of the image compared to (same layers); by default ``source``.
+
+    Returns:
+        ``(Q, H_target, W_target)`` float32, in ``[-1, 1]``.
+
+    Raises:
+        OptionError: A query point outside the source image, a malformed ``query``, maps of
+            more than one image, or a target of other layers.
+    """
+    maps = source if target is None else target
+    for name, m in (("source", source), ("target", maps)):
+        if m.batch != 1:
+            raise OptionError(f"{name} maps must be of one image, got a batch of {m.batch}")
+    if dict(maps.slices) != dict(source.slices):
+        raise OptionError(
+            "source and target maps must be of the same layers, got "
+            f"{list(source.slices)} and {list(maps.slices)}"
+        )
+    _, at = _pixels(query, source.input_size, "query", "source image")
+    with torch.no_grad():
+        m, inverse = _queries(source, at)
+        out = maps.linear(m)[0]
+        out.mul_(_inverse_norms(maps).view(1, *out.shape[1:]))
+        out.mul_(inverse.view(-1, 1, 1))
+        return out.clamp_(-1.0, 1.0)
+
+
 def similarity(
     model: nn.Module,
     x: torch.Tensor,
@@ -177,17 +218,13 @@ def similarity(
     other = None if target is None else _image(target, "target")
     check_align(align)
     budget(max_bytes, "max_bytes")
-    _, at = _pixels(query, (x.shape[-2], x.shape[-1]), "query", "image x")
+    _pixels(query, (x.shape[-2], x.shape[-1]), "query", "image x")  # before the forward pass
     with torch.no_grad():
         source = layer_maps(model, x, layers, align=align, max_bytes=max_bytes)
-        maps = source
+        maps = None
         if other is not None:
             maps = layer_maps(model, other, layers, align=align, max_bytes=max_bytes)
-        m, inverse = _queries(source, at)
-        out = maps.linear(m)[0]
-        out.mul_(_inverse_norms(maps).view(1, *out.shape[1:]))
-        out.mul_(inverse.view(-1, 1, 1))
-        return out.clamp_(-1.0, 1.0)
+    return similarity_of_maps(source, query, target=maps)
 
 
 def _best(
