@@ -85,6 +85,13 @@ def test_kept_layer_maps_give_the_same_maps_without_a_forward_pass(vgg: nn.Modul
         similarity_of_maps(source, QUERY, target=other),
         hc.similarity(vgg, x, VGG, QUERY, target=target),
     )
+    kept = other.sq_norms()[0].sqrt()
+    torch.testing.assert_close(
+        similarity_of_maps(source, QUERY, target=other, norms=kept),
+        hc.similarity(vgg, x, VGG, QUERY, target=target),
+    )
+    with pytest.raises(OptionError, match="norms must be"):
+        similarity_of_maps(source, QUERY, norms=kept)
     with pytest.raises(OptionError, match="same layers"):
         similarity_of_maps(source, QUERY, target=layer_maps(vgg, target, VGG[:2]))
     with pytest.raises(OptionError, match="one image"):

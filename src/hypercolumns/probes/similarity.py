@@ -143,6 +143,7 @@ def similarity_of_maps(
     query: torch.Tensor | Sequence[Sequence[float]],
     *,
     target: LayerMaps | None = None,
+    norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`similarity` from layer maps already computed (one image each, the same layers):
     no forward pass, so an app can keep the maps of an image and answer each query at the cost
@@ -153,6 +154,9 @@ def similarity_of_maps(
             or :meth:`~hypercolumns.features.linear.LinearMapper.maps` of one image).
         query: ``(Q, 2)`` ``(y, x)`` pixels of the source image, each inside it.
         target: The maps of the image compared to (same layers); by default ``source``.
+        norms: ``(H_target, W_target)`` the norms ``|h(p)|`` of the compared image's
+            hypercolumns (``maps.sq_norms()[0].sqrt()``), when kept from before: they do not
+            depend on the query, and reading them is most of the cost of a query.
 
     Returns:
         ``(Q, H_target, W_target)`` float32, in ``[-1, 1]``.
@@ -162,9 +166,9 @@ def similarity_of_maps(
             more than one image, or a target of other layers.
     """
     maps = source if target is None else target
-    for name, m in (("source", source), ("target", maps)):
-        if m.batch != 1:
-            raise OptionError(f"{name} maps must be of one image, got a batch of {m.batch}")
+    for name, given in (("source", source), ("target", maps)):
+        if given.batch != 1:
+            raise OptionError(f"{name} maps must be of one image, got a batch of {given.batch}")
     if dict(maps.slices) != dict(source.slices):
         raise OptionError(
             "source and target maps must be of the same layers, got "
@@ -174,7 +178,17 @@ def similarity_of_maps(
     with torch.no_grad():
         m, inverse = _queries(source, at)
         out = maps.linear(m)[0]
-        out.mul_(_inverse_norms(maps).view(1, *out.shape[1:]))
+        if norms is None:
+            inverse_over = _inverse_norms(maps)
+        else:
+            if tuple(norms.shape) != tuple(out.shape[1:]):
+                raise OptionError(
+                    f"norms must be {tuple(out.shape[1:])}, the compared image's size, got "
+                    f"{tuple(norms.shape)}"
+                )
+            flat = norms.flatten().to(out)
+            inverse_over = torch.where(flat > _EPS, flat.reciprocal(), torch.zeros_like(flat))
+        out.mul_(inverse_over.view(1, *out.shape[1:]))
         out.mul_(inverse.view(-1, 1, 1))
         return out.clamp_(-1.0, 1.0)
 
