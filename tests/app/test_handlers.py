@@ -240,7 +240,7 @@ def test_correspondence_marks_hc_corresponds_match(
     both = state.with_target(second)
     assert both.target is not None
     assert both.target.size == (64, 91)
-    for y, x in PIXELS:
+    for y, x in PIXELS[1:3]:
         found = handlers.correspondence(both, y, x)
         direct = hc.correspond(vgg_features, state.x, second.x, LAYERS, torch.tensor([[y, x]]))
         assert found.point == tuple(direct.points[0].tolist())
@@ -264,9 +264,9 @@ def test_kmeans_view_is_fit_kmeans_assign(state: State, vgg_features: nn.Module)
 
 
 def test_pca_view_is_fit_pca_image_rgb(state: State, vgg_features: nn.Module) -> None:
-    direct = hc.fit_pca_image(vgg_features, state.x, LAYERS, points=2000).rgb(state.x)[0]
-    torch.testing.assert_close(handlers.pca_rgb(state), direct)
-    assert handlers.pca_image(state).ndim == 3
+    direct = hc.fit_pca_image(vgg_features, state.x, LAYERS, points=300).rgb(state.x)[0]
+    torch.testing.assert_close(handlers.pca_rgb(state, points=300), direct)
+    assert handlers.pca_image(state, points=300).ndim == 3
 
 
 def _rgba(hex_colour: str, alpha: int = 255) -> list[int]:

@@ -490,7 +490,7 @@ def _names(state: State) -> list[str]:
     return [layer.name for layer in state.layers]
 
 
-def pca_rgb(state: State, points: int = 2000) -> torch.Tensor:
+def pca_rgb(state: State, points: int = 1000) -> torch.Tensor:
     """The first three principal components of the image's hypercolumns as RGB ``(3, H, W)``
     in ``[0, 1]``: ``hc.fit_pca_image(model, state.x, layers, points=points).rgb(state.x)``."""
     with state.explorer.running():
@@ -498,9 +498,9 @@ def pca_rgb(state: State, points: int = 2000) -> torch.Tensor:
         return fitted.rgb(state.x)[0]
 
 
-def pca_image(state: State) -> Array:
+def pca_image(state: State, points: int = 1000) -> Array:
     """:func:`pca_rgb` beside the image."""
-    rgb = image_array(pca_rgb(state))
+    rgb = image_array(pca_rgb(state, points))
     gap = np.full((rgb.shape[0], 4, 3), 255, dtype=np.uint8)
     both = np.concatenate([image_array_of(state), gap, rgb], axis=1)
     from PIL import Image
