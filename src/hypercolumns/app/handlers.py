@@ -472,7 +472,7 @@ def target_image(state: State, y: int, x: int) -> Array:
     return heat_on_image(
         state.target.pixels,
         found.map,
-        label=f"similarity to (y={y}, x={x}); best match (y={my}, x={mx}), {found.score:.3f}",
+        label=f"similarity to (y={y}, x={x}); best match (y={my}, x={mx})",
         marks=[(my, mx, "#00ff66")],
     )
 

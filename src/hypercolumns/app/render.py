@@ -213,7 +213,7 @@ def heat_on_image(
     t = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
     lut = matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0
     heat = lut[np.clip((t * 255).round().astype(np.int64), 0, 255)]
-    blend = (0.3 * img + 0.7 * heat).round().clip(0, 255).astype(np.uint8)
+    blend = (0.2 * img + 0.8 * heat).round().clip(0, 255).astype(np.uint8)
     h, w = blend.shape[:2]
     scale = max(1, round(448 / max(h, w)))
     photo = Image.fromarray(blend).resize((w * scale, h * scale), Image.Resampling.NEAREST)
