@@ -334,3 +334,14 @@ def test_a_probe_records_how_to_rebuild_the_model(state: State) -> None:
     finally:
         ex.record = None
     assert {k: probe.meta[k] for k in record} == record
+
+
+def test_every_event_of_the_page_is_a_named_endpoint(explorer: Explorer) -> None:
+    pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
+    from hypercolumns.app.page import ENDPOINTS, IDS, build
+
+    page = build(explorer)
+    public = [fn for fn in page.fns.values() if fn.api_visibility != "private"]
+    assert sorted(fn.api_name for fn in public) == sorted(ENDPOINTS)
+    ids = {block.elem_id for block in page.blocks.values() if getattr(block, "elem_id", None)}
+    assert set(IDS) <= ids

@@ -514,7 +514,7 @@ def build(explorer: Explorer) -> gr.Blocks:
             guarded(on_erf, 2, 1),
             [state, clicked, erf_layer, erf_on],
             [erf_view, status],
-            api_name=False,
+            api_visibility="private",
             show_progress_on=erf_view,
         )
         upload.upload(
