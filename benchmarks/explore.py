@@ -1,7 +1,9 @@
 """Time of one click in ``hypercolumns explore``: the status line, the receptive-field boxes
-drawn on the image and the hypercolumn profile (the similarity view joins when it lands; the
-ERF, measured after them, is timed apart). VGG-16 (random weights, seed 0) on the bundled
-224x224 photo, layers 3, 8, 15, 22, 29, as the app's default.
+drawn on the image and the hypercolumn profile, then the similarity view (the cosine
+similarity to every pixel, from the kept maps, drawn as a heat map) and the correspondence
+in a second image (the photo mirrored); the ERF, measured after them, is timed apart. VGG-16
+(random weights, seed 0) on the bundled 224x224 photo, layers 3, 8, 15, 22, 29, as the app's
+default.
 
     uv run python benchmarks/explore.py [--clicks 50] [--threads 2]
 
@@ -47,17 +49,34 @@ def main() -> None:
     opened = time.perf_counter() - start
     h, w = state.size
     rng = random.Random(0)
+    flipped = state.explorer.show(state.x.flip(-1), state.pixels.flip(-1), "mirrored")
+    with_target = state.with_target(flipped)
     handlers.click(state, h // 2, w // 2)  # warm up
-    times = []
+    handlers.similarity_image(state, h // 2, w // 2)
+    times, sims, both = [], [], []
     for _ in range(args.clicks):
         y, x = rng.randrange(h), rng.randrange(w)
         t = time.perf_counter()
         handlers.click(state, y, x)
         times.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        handlers.similarity_image(state, y, x)
+        sims.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        handlers.similarity_image(with_target, y, x)
+        handlers.target_image(with_target, y, x)
+        both.append((time.perf_counter() - t) * 1000)
+    total = sorted(a + b for a, b in zip(times, sims, strict=True))
+    total2 = sorted(a + b for a, b in zip(times, both, strict=True))
     t = time.perf_counter()
     handlers.erf_image(state, h // 2, w // 2)
     erf_s = time.perf_counter() - t
     times.sort()
+    sims.sort()
+
+    def p90(v: list[float]) -> float:
+        return round(v[int(0.9 * (len(v) - 1))], 1)
+
     print(
         json.dumps(
             {
@@ -67,7 +86,12 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "clicks": args.clicks,
                 "click_ms_median": round(statistics.median(times), 1),
-                "click_ms_p90": round(times[int(0.9 * (len(times) - 1))], 1),
+                "click_ms_p90": p90(times),
+                "similarity_ms_median": round(statistics.median(sims), 1),
+                "click_with_similarity_ms_median": round(statistics.median(total), 1),
+                "click_with_similarity_ms_p90": p90(total),
+                "click_with_correspondence_ms_median": round(statistics.median(total2), 1),
+                "click_with_correspondence_ms_p90": p90(total2),
                 "open_s": round(opened, 2),
                 "erf_s": round(erf_s, 2),
             }

@@ -74,6 +74,30 @@ def test_a_target_of_another_size(vgg: nn.Module, resnet: nn.Module) -> None:
         assert float((got.double() - want).abs().max()) < 1e-4
 
 
+def test_kept_layer_maps_give_the_same_maps_without_a_forward_pass(vgg: nn.Module) -> None:
+    from hypercolumns.features.linear import layer_maps
+    from hypercolumns.probes.similarity import similarity_of_maps
+
+    x, target = _image(32, 40), _image(48, 36, seed=1)
+    source, other = layer_maps(vgg, x, VGG), layer_maps(vgg, target, VGG)
+    torch.testing.assert_close(similarity_of_maps(source, QUERY), hc.similarity(vgg, x, VGG, QUERY))
+    torch.testing.assert_close(
+        similarity_of_maps(source, QUERY, target=other),
+        hc.similarity(vgg, x, VGG, QUERY, target=target),
+    )
+    kept = other.sq_norms()[0].sqrt()
+    torch.testing.assert_close(
+        similarity_of_maps(source, QUERY, target=other, norms=kept),
+        hc.similarity(vgg, x, VGG, QUERY, target=target),
+    )
+    with pytest.raises(OptionError, match="norms must be"):
+        similarity_of_maps(source, QUERY, norms=kept)
+    with pytest.raises(OptionError, match="same layers"):
+        similarity_of_maps(source, QUERY, target=layer_maps(vgg, target, VGG[:2]))
+    with pytest.raises(OptionError, match="one image"):
+        similarity_of_maps(layer_maps(vgg, torch.cat([x, x]), VGG), QUERY)
+
+
 def test_the_network_runs_once_when_the_target_is_the_image(vgg: nn.Module) -> None:
     x = _image(32, 40)
     hc.similarity(vgg, x, VGG, QUERY)  # plans

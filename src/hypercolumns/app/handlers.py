@@ -7,50 +7,84 @@ draws it for the page (``*_image``, an ``(H, W, 3)`` uint8 array). The page
 The unit of a layer under pixel ``p`` is the one whose centre is nearest: ``round((p - c0) /
 S)`` per axis, clamped to the grid (for a global layer, its only unit, the whole image).
 
-Views that come with the probes (similarity, correspondence, PCA image, k-means, scribble
-segmentation) plug in here as more functions of ``(state, y, x)`` or ``(state, ...)``; see
-``docs/explore.md``.
+The views of the probes are functions of the same form: the cosine similarity of the clicked
+pixel's hypercolumn to every pixel (:func:`similarity`, from the kept maps: no forward pass)
+and its best match in a second image (:func:`correspondence`); the PCA image and k-means
+clusters of the image (:func:`pca_image`, :func:`kmeans`); a linear probe fitted on painted
+scribbles (:func:`scribble_labels`, :func:`scribble`, :func:`segmentation`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from hypercolumns.app.render import Array, boxes_on_image, colour, figure_array, image_array
+from hypercolumns.app.render import (
+    Array,
+    boxes_on_image,
+    colour,
+    figure_array,
+    heat_on_image,
+    image_array,
+    labels_on_image,
+)
 from hypercolumns.app.render import profile as profile_figure
 from hypercolumns.app.state import State
 from hypercolumns.errors import HypercolumnsError, LayerNotFoundError, OptionError
 from hypercolumns.features.linear import LinearMap
 from hypercolumns.features.maps import feature_maps
+from hypercolumns.probes.kmeans import fit_kmeans
+from hypercolumns.probes.pca_image import fit_pca_image
+from hypercolumns.probes.probe import Probe, fit_probe
+from hypercolumns.probes.similarity import similarity_of_maps
 from hypercolumns.rf.erf import ERF, erf
 from hypercolumns.rf.layers import Layer, select
 from hypercolumns.viz import plot
 
 __all__ = [
+    "CLUSTER_COLOURS",
     "LAYER_COLUMNS",
+    "SCRIBBLE_CLASSES",
     "Hypercolumn",
+    "Match",
     "UnitBox",
     "channel_grid_image",
     "channel_image",
     "check_pixel",
     "click",
+    "correspondence",
     "effective_rf",
     "erf_image",
     "erf_layer",
     "feature_map",
     "hypercolumn",
     "image_array_of",
+    "kmeans",
+    "kmeans_image",
     "layer_rows",
     "legend_html",
     "mean_activation",
     "mean_activation_image",
+    "pca_image",
+    "pca_rgb",
     "profile_image",
     "receptive_fields",
     "rf_image",
+    "save_probe",
+    "scribble",
+    "scribble_labels",
+    "segmentation",
+    "segmentation_image",
+    "similarity",
+    "similarity_image",
     "status",
+    "target_image",
     "unit_at",
 ]
 
@@ -371,3 +405,256 @@ def layer_rows(state: State) -> list[list[object]]:
             ]
         )
     return rows
+
+
+# -- similarity and correspondence ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """The best match in the second image of the clicked pixel's hypercolumn.
+
+    Attributes:
+        pixel: The clicked ``(y, x)`` of the image.
+        point: ``(y, x)`` of the second image's pixel of highest cosine similarity.
+        score: That similarity.
+        map: ``(H_target, W_target)`` the similarity to every pixel of the second image.
+    """
+
+    pixel: tuple[int, int]
+    point: tuple[int, int]
+    score: float
+    map: torch.Tensor
+
+
+def similarity(state: State, y: int, x: int) -> torch.Tensor:
+    """Cosine similarity ``(H, W)`` of the hypercolumn at pixel ``(y, x)`` to every pixel's,
+    from the kept layer maps (no forward pass): ``hc.similarity(model, state.x, layers,
+    [[y, x]])[0]``."""
+    y, x = check_pixel(state, y, x)
+    return similarity_of_maps(state.maps, torch.tensor([[y, x]]), norms=state.norms)[0]
+
+
+def similarity_image(state: State, y: int, x: int) -> Array:
+    """:func:`similarity` as a heat map over the image, the pixel marked."""
+    y, x = check_pixel(state, y, x)
+    return heat_on_image(
+        state.pixels,
+        similarity(state, y, x),
+        label=f"cosine similarity to pixel (y={y}, x={x})",
+        marks=[(y, x, "white")],
+    )
+
+
+def correspondence(state: State, y: int, x: int) -> Match:
+    """The similarity of the hypercolumn at ``(y, x)`` to every pixel of the second image
+    (``state.target``) and its best match, as :func:`hypercolumns.correspond` finds it.
+
+    Raises:
+        HypercolumnsError: No second image is chosen.
+    """
+    y, x = check_pixel(state, y, x)
+    if state.target is None:
+        raise HypercolumnsError("choose a second image first (upload or pick one)")
+    target = state.target
+    query = torch.tensor([[y, x]])
+    sim = similarity_of_maps(state.maps, query, target=target.maps, norms=target.norms)[0]
+    flat = int(sim.flatten().argmax())
+    width = sim.shape[1]
+    return Match((y, x), (flat // width, flat % width), float(sim.flatten()[flat]), sim)
+
+
+def target_image(state: State, y: int, x: int) -> Array:
+    """:func:`correspondence` as a heat map over the second image, the best match marked."""
+    found = correspondence(state, y, x)
+    assert state.target is not None
+    my, mx = found.point
+    return heat_on_image(
+        state.target.pixels,
+        found.map,
+        label=f"similarity to (y={y}, x={x}); best match (y={my}, x={mx})",
+        marks=[(my, mx, "#00ff66")],
+    )
+
+
+# -- PCA image and k-means clusters -------------------------------------------------------------
+
+CLUSTER_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+)  # fmt: skip
+"""One colour per cluster (``tab20``'s strong then light halves)."""
+
+
+def _names(state: State) -> list[str]:
+    return [layer.name for layer in state.layers]
+
+
+def pca_rgb(state: State, points: int = 1000) -> torch.Tensor:
+    """The first three principal components of the image's hypercolumns as RGB ``(3, H, W)``
+    in ``[0, 1]``: ``hc.fit_pca_image(model, state.x, layers, points=points).rgb(state.x)``."""
+    with state.explorer.running():
+        fitted = fit_pca_image(state.explorer.model, state.x, _names(state), points=points)
+        return fitted.rgb(state.x)[0]
+
+
+def pca_image(state: State, points: int = 1000) -> Array:
+    """:func:`pca_rgb` beside the image."""
+    rgb = image_array(pca_rgb(state, points))
+    gap = np.full((rgb.shape[0], 4, 3), 255, dtype=np.uint8)
+    both = np.concatenate([image_array_of(state), gap, rgb], axis=1)
+    from PIL import Image
+
+    scale = max(1, round(900 / both.shape[1]))
+    size = (both.shape[1] * scale, both.shape[0] * scale)
+    return np.asarray(Image.fromarray(both).resize(size, Image.Resampling.NEAREST))
+
+
+def kmeans(state: State, k: int, points: int = 1000) -> torch.Tensor:
+    """The cluster ``(H, W)`` int64 of every pixel's hypercolumn: ``hc.fit_kmeans(model,
+    state.x, layers, k, points=points)`` on this image, assigned through the kept maps (as
+    ``.assign(state.x)``, without a second forward pass)."""
+    k = int(k)
+    if not 2 <= k <= len(CLUSTER_COLOURS):
+        raise OptionError(f"k must be between 2 and {len(CLUSTER_COLOURS)}, got {k}")
+    with state.explorer.running():
+        fitted = fit_kmeans(state.explorer.model, state.x, _names(state), k, points=points)
+    with torch.no_grad():
+        return state.maps.linear(fitted.linear_map)[0].argmax(0)
+
+
+def kmeans_image(state: State, k: int) -> Array:
+    """:func:`kmeans` over the image, beside it."""
+    k = int(k)
+    return labels_on_image(state.pixels, kmeans(state, k), CLUSTER_COLOURS[:k])
+
+
+# -- scribble segmentation ------------------------------------------------------------------------
+
+SCRIBBLE_CLASSES = {
+    "red": "#e41a1c",
+    "blue": "#377eb8",
+    "green": "#4daf4a",
+    "yellow": "#ffd92f",
+}
+"""The brush colours of the scribble view, one per class (the name is the class's name)."""
+
+_TOLERANCE = 60.0  # largest RGB distance of a painted pixel to its class colour
+
+
+def _layer_array(layer: Any) -> np.ndarray[Any, Any]:
+    if isinstance(layer, str | Path):
+        from PIL import Image
+
+        with Image.open(layer) as img:
+            return np.asarray(img.convert("RGBA"))
+    return np.asarray(layer)
+
+
+def scribble_labels(
+    strokes: Mapping[str, Any] | Sequence[Any] | None,
+    size: tuple[int, int],
+    classes: Mapping[str, str] = SCRIBBLE_CLASSES,
+) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """The class of every painted pixel, ``(H, W)`` uint8: the index in ``classes`` of the
+    brush colour, 255 where nothing is painted.
+
+    Args:
+        strokes: The editor's value (a mapping with ``layers``, as Gradio's ``ImageEditor``
+            gives it) or its layers: ``(h, w, 4)`` RGBA arrays (or image files) where painted
+            pixels are opaque; later layers paint over earlier ones. Layers of another size
+            than the image are resized (nearest).
+        size: ``(H, W)`` of the image.
+        classes: Class name to brush colour.
+
+    A pixel counts when it is at least half opaque and its colour is within a small distance
+    of a class colour (the anti-aliased rims of strokes are left out).
+    """
+    from PIL import Image
+
+    if isinstance(strokes, Mapping):
+        strokes = strokes.get("layers") or []
+    height, width = size
+    out = np.full((height, width), 255, dtype=np.uint8)
+    table = np.array(
+        [[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in classes.values()], dtype=np.float32
+    )
+    for layer in strokes or []:
+        arr = _layer_array(layer)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise OptionError(f"a stroke layer is an (H, W, 4) RGBA image, got {arr.shape}")
+        if arr.shape[:2] != (height, width):
+            resized = Image.fromarray(arr.astype(np.uint8)).resize(
+                (width, height), Image.Resampling.NEAREST
+            )
+            arr = np.asarray(resized)
+        rgb = arr[..., :3].astype(np.float32)
+        opaque = arr[..., 3] >= 128 if arr.shape[2] == 4 else np.ones((height, width), bool)
+        dist = ((rgb[:, :, None, :] - table[None, None]) ** 2).sum(-1)
+        nearest = dist.argmin(-1)
+        close = np.take_along_axis(dist, nearest[..., None], -1)[..., 0] <= _TOLERANCE**2
+        painted = opaque & close
+        out[painted] = nearest[painted].astype(np.uint8)
+    return out
+
+
+def scribble(
+    state: State,
+    labels: np.ndarray[Any, Any] | torch.Tensor,
+    classes: Sequence[str] = tuple(SCRIBBLE_CLASSES),
+    points: int = 1024,
+) -> Probe:
+    """A linear probe fitted on the painted pixels of the image: ``hc.fit_probe(model,
+    state.x, labels[None], layers, points=points, classes=...)`` over the classes painted
+    (in the order of ``classes``; labels are renumbered to them, 255 unpainted).
+
+    When the explorer knows how its model was built (:attr:`Explorer.record`), the probe
+    records it, so that ``hypercolumns probe predict`` rebuilds the model from the saved file.
+
+    Raises:
+        OptionError: Fewer than two classes are painted, or ``labels`` is not the image's size.
+    """
+    lab = torch.as_tensor(np.asarray(labels)).long()
+    if tuple(lab.shape) != state.size:
+        raise OptionError(f"labels must be {state.size}, got {tuple(lab.shape)}")
+    used = sorted(int(v) for v in torch.unique(lab).tolist() if v != 255)
+    if any(v >= len(classes) for v in used):
+        raise OptionError(f"labels must be below {len(classes)} or 255, got {used}")
+    if len(used) < 2:
+        raise OptionError(
+            "paint strokes of at least two classes (two brush colours) before fitting"
+        )
+    target = torch.full_like(lab, 255)
+    for k, v in enumerate(used):
+        target[lab == v] = k
+    with state.explorer.running():
+        probe = fit_probe(
+            state.explorer.model,
+            state.x,
+            target[None],
+            _names(state),
+            points=points,
+            classes=[classes[v] for v in used],
+        )
+    if state.explorer.record:
+        probe.meta.update(state.explorer.record)
+    return probe
+
+
+def segmentation(state: State, probe: Probe) -> torch.Tensor:
+    """The probe's class ``(H, W)`` of every pixel of the image (``probe.segment``)."""
+    with state.explorer.running():
+        return probe.segment(state.x)[0]
+
+
+def segmentation_image(state: State, probe: Probe) -> Array:
+    """:func:`segmentation` over the image, one colour per class (its brush colour)."""
+    palette = [SCRIBBLE_CLASSES.get(name, colour(k)) for k, name in enumerate(probe.classes)]
+    return labels_on_image(state.pixels, segmentation(state, probe), palette, names=probe.classes)
+
+
+def save_probe(probe: Probe, folder: str | Path | None = None) -> Path:
+    """``probe.save`` into ``folder`` (a new temporary one by default) as
+    ``scribble-probe.safetensors``; returns the path."""
+    where = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="hc-probe-"))
+    return probe.save(where / "scribble-probe.safetensors")

@@ -6,11 +6,13 @@ the ``app`` extra. The page:
 - ``hc-image``: the image (click a pixel); an upload button and the images given on the
   command line beside it; ``hc-status``: a line describing the last click (or what went wrong);
 - ``hc-rf``: the clicked pixel's unit in each chosen layer, its exact box on the image (one
-  colour per layer); ``hc-similarity`` and ``hc-target``: the similarity view and its second
-  image, placeholders until ``hc.similarity`` lands (see ``docs/explore.md``);
+  colour per layer); ``hc-similarity``: the cosine similarity of the clicked pixel's
+  hypercolumn to every pixel; ``hc-target``: the same over a second image (uploaded or
+  picked), its best match marked;
 - tabs: ``hc-erf`` (the unit's effective receptive field on this image), the hypercolumn
-  profile, feature maps and the mean hypercolumn activation, ``hc-layers`` (the layer table,
-  where the hypercolumn's layers are chosen).
+  profile, feature maps and the mean hypercolumn activation, the PCA image and k-means
+  clusters, scribble segmentation (paint two or more classes, fit a linear probe, download
+  it), ``hc-layers`` (the layer table, where the hypercolumn's layers are chosen).
 
 Every event is also a named API endpoint (``/click``, ``/erf``, ...; see
 :data:`ENDPOINTS`). Analytics are off and no asset comes from the internet (system fonts).
@@ -40,6 +42,7 @@ IDS = ("hc-image", "hc-rf", "hc-erf", "hc-similarity", "hc-target", "hc-layers",
 
 ENDPOINTS = (
     "click",
+    "similarity",
     "erf",
     "upload",
     "pick_image",
@@ -47,6 +50,11 @@ ENDPOINTS = (
     "toggle_layer",
     "feature_maps",
     "mean_activation",
+    "upload_target",
+    "pick_target",
+    "pca",
+    "kmeans",
+    "scribble",
 )
 """The page's named API endpoints (``api_name``), one per event."""
 
@@ -55,7 +63,9 @@ _log = logging.getLogger("hypercolumns.app")
 _CSS = """
 #hc-status textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
 .hc-legend { font-size: 0.85em; line-height: 1.8; }
+#hc-match { font-size: 0.85em; }
 """
+_NO_TARGET = "none"
 
 
 def missing_gradio() -> str | None:
@@ -87,6 +97,12 @@ def _pixel(evt: Any) -> tuple[int, int]:
     """The ``(y, x)`` of a Gradio image select event (Gradio gives ``[x, y]``)."""
     x, y = evt.index
     return int(y), int(x)
+
+
+def editor_value(state: State) -> dict[str, Any]:
+    """The scribble editor's value for the image on show: the image as background, no
+    strokes."""
+    return {"background": handlers.image_array_of(state), "layers": [], "composite": None}
 
 
 def build(explorer: Explorer) -> gr.Blocks:
@@ -179,26 +195,38 @@ def build(explorer: Explorer) -> gr.Blocks:
                 )
                 legend = gr.HTML("", elem_id="hc-rf-legend")
             with gr.Column(scale=1, min_width=300):
-                # PLACEHOLDER: the similarity view plugs in here when hc.similarity and
-                # hc.correspond land (docs/explore.md, "Views to come"); nothing is computed.
-                gr.Markdown(
-                    "**Similarity** of the clicked pixel's hypercolumn to every pixel, and "
-                    "correspondence in a second image: these views come with "
-                    "`hc.similarity` and `hc.correspond` (not in this version yet).",
-                    elem_id="hc-similarity-note",
-                )
-                gr.Image(
-                    label="similarity to the clicked pixel (to come)",
+                sim_view = gr.Image(
+                    label="cosine similarity of the clicked pixel's hypercolumn to every pixel",
                     elem_id="hc-similarity",
                     interactive=False,
+                    type="numpy",
                     format="png",
+                    buttons=["download"],
                 )
-                gr.Image(
-                    label="second image (correspondence, to come)",
+                target_view = gr.Image(
+                    label="second image: similarity and best match (green cross)",
                     elem_id="hc-target",
                     interactive=False,
+                    type="numpy",
                     format="png",
+                    buttons=["download"],
                 )
+                match = gr.Markdown("", elem_id="hc-match")
+                with gr.Row():
+                    target_upload = gr.UploadButton(
+                        "Upload a second image",
+                        file_types=["image"],
+                        type="filepath",
+                        elem_id="hc-target-upload",
+                        size="sm",
+                    )
+                    target_pick = gr.Dropdown(
+                        choices=[("none", _NO_TARGET), *image_labels()],
+                        value=_NO_TARGET,
+                        label="or compare with",
+                        elem_id="hc-target-pick",
+                        interactive=True,
+                    )
         with gr.Tabs():
             with gr.Tab("Effective receptive field"):
                 with gr.Row():
@@ -247,6 +275,65 @@ def build(explorer: Explorer) -> gr.Blocks:
                     interactive=False,
                     format="png",
                 )
+            with gr.Tab("PCA and clusters"):
+                with gr.Row():
+                    pca_go = gr.Button("PCA image", size="sm")
+                    k_slider = gr.Slider(
+                        2, len(handlers.CLUSTER_COLOURS), value=5, step=1, label="clusters k",
+                        elem_id="hc-k", interactive=True,
+                    )  # fmt: skip
+                    kmeans_go = gr.Button("k-means clusters", size="sm")
+                pca_view = gr.Image(
+                    label="the image and its first three principal components as RGB",
+                    elem_id="hc-pca",
+                    interactive=False,
+                    format="png",
+                )
+                kmeans_view = gr.Image(
+                    label="the image and its k-means clusters of hypercolumns",
+                    elem_id="hc-kmeans",
+                    interactive=False,
+                    format="png",
+                )
+            with gr.Tab("Scribble segmentation"):
+                gr.Markdown(
+                    "Paint strokes of two or more classes (one brush colour per class: "
+                    + ", ".join(handlers.SCRIBBLE_CLASSES)
+                    + "), then fit: a linear probe on the painted pixels' hypercolumns "
+                    "segments the whole image. Download the probe for "
+                    "`hypercolumns probe predict`."
+                )
+                editor = gr.ImageEditor(
+                    value=editor_value(first),
+                    label="paint scribbles",
+                    elem_id="hc-scribble",
+                    type="numpy",
+                    image_mode="RGBA",
+                    sources=[],
+                    transforms=[],
+                    layers=False,
+                    brush=gr.Brush(
+                        colors=list(handlers.SCRIBBLE_CLASSES.values()),
+                        default_color=next(iter(handlers.SCRIBBLE_CLASSES.values())),
+                        color_mode="fixed",
+                        default_size=6,
+                    ),
+                    eraser=gr.Eraser(default_size=10),
+                    canvas_size=(first.size[1], first.size[0]),
+                    fixed_canvas=True,
+                    height=520,
+                )
+                with gr.Row():
+                    scribble_go = gr.Button("Fit probe and segment", size="sm", variant="primary")
+                    probe_file = gr.File(
+                        label="the probe (.safetensors)", elem_id="hc-probe", interactive=False
+                    )
+                seg_view = gr.Image(
+                    label="segmentation by the probe",
+                    elem_id="hc-segmentation",
+                    interactive=False,
+                    format="png",
+                )
             with gr.Tab("Layers"):
                 layers_text = gr.Textbox(
                     value=",".join(layer.name for layer in first.layers),
@@ -269,6 +356,68 @@ def build(explorer: Explorer) -> gr.Blocks:
             y, x = _pixel(evt)
             return (*handlers.click(s, y, x), (y, x))
 
+        def on_similarity(st: State | None, where: tuple[int, int] | None) -> tuple[Any, ...]:
+            if where is None:
+                return (gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            s = current(st)
+            y, x = where
+            if s.target is None:
+                return (handlers.similarity_image(s, y, x), None, "", gr.skip())
+            found = handlers.correspondence(s, y, x)
+            (my, mx), t = found.point, s.target
+            text = (
+                f"best match of (y={y}, x={x}) in {t.name} {t.size[0]}x{t.size[1]}: "
+                f"(y={my}, x={mx}), cosine {found.score:.3f}"
+            )
+            return (handlers.similarity_image(s, y, x), handlers.target_image(s, y, x), text,
+                    gr.skip())  # fmt: skip
+
+        def on_target(s: State, where: tuple[int, int] | None) -> tuple[Any, ...]:
+            t = s.target
+            text = "" if t is None else f"second image: {t.name} {t.size[0]}x{t.size[1]}"
+            out: tuple[Any, ...] = (s, None, text, text or gr.skip())
+            if where is not None and t is not None:
+                found = handlers.correspondence(s, *where)
+                out = (s, handlers.target_image(s, *where), text + f"; best match {found.point}",
+                       text)  # fmt: skip
+            return out
+
+        def on_target_upload(
+            path: str | None, st: State | None, where: tuple[int, int] | None
+        ) -> tuple[Any, ...]:
+            if not path:
+                raise HypercolumnsError("no file was uploaded")
+            s = current(st)
+            return on_target(s.with_target(explorer.open(path)), where)
+
+        def on_target_pick(
+            choice: str, st: State | None, where: tuple[int, int] | None
+        ) -> tuple[Any, ...]:
+            s = current(st)
+            if choice == _NO_TARGET:
+                return on_target(s.with_target(None), where)
+            if choice not in image_choices():
+                raise HypercolumnsError(f"{choice!r} is not one of the images offered")
+            return on_target(s.with_target(explorer.open(choice)), where)
+
+        def on_pca(st: State | None) -> tuple[Any, ...]:
+            return (handlers.pca_image(current(st)), gr.skip())
+
+        def on_kmeans(st: State | None, k: float) -> tuple[Any, ...]:
+            return (handlers.kmeans_image(current(st), int(k)), gr.skip())
+
+        def on_scribble(st: State | None, strokes: Any) -> tuple[Any, ...]:
+            s = current(st)
+            labels = handlers.scribble_labels(strokes, s.size)
+            probe = handlers.scribble(s, labels)
+            painted = int((labels != 255).sum())
+            message = (
+                f"probe fitted on {painted} painted pixels of classes "
+                f"{', '.join(probe.classes)}; {len(probe.layers)} layers"
+            )
+            return (handlers.segmentation_image(s, probe), str(handlers.save_probe(probe)),
+                    message)  # fmt: skip
+
         def on_erf(
             st: State | None, where: tuple[int, int] | None, layer: str, on: bool
         ) -> tuple[Any, ...]:
@@ -281,6 +430,13 @@ def build(explorer: Explorer) -> gr.Blocks:
             """The outputs that change with the image or the layers."""
             names = [layer.name for layer in s.all_layers if layer.layout]
             return (
+                None,
+                None,
+                "",
+                editor_value(s),
+                None,
+                None,
+                None,
                 s,
                 handlers.image_array_of(s),
                 message,
@@ -297,13 +453,13 @@ def build(explorer: Explorer) -> gr.Blocks:
         def on_upload(path: str | None, st: State | None, spec: str) -> tuple[Any, ...]:
             if not path:
                 raise HypercolumnsError("no file was uploaded")
-            s = explorer.open(path, spec or None)
+            s = explorer.open(path, spec or None).with_target(current(st).target)
             return shown(s, f"{s.name} {s.size[0]}x{s.size[1]}: click a pixel")
 
         def on_pick(choice: str, st: State | None, spec: str) -> tuple[Any, ...]:
             if choice not in image_choices():
                 raise HypercolumnsError(f"{choice!r} is not one of the images offered")
-            s = explorer.open(choice, spec or None)
+            s = explorer.open(choice, spec or None).with_target(current(st).target)
             return shown(s, f"{s.name} {s.size[0]}x{s.size[1]}: click a pixel")
 
         def on_layers(spec: str, st: State | None) -> tuple[Any, ...]:
@@ -336,8 +492,16 @@ def build(explorer: Explorer) -> gr.Blocks:
         click_out = [status, rf, legend, profile, clicked]
         shown_out = [state, image, status, table, layers_text, rf, legend, profile, erf_view]
         shown_out += [erf_layer, fm_view]
+        shown_out = [sim_view, target_view, match, editor, seg_view, pca_view, kmeans_view,
+                     *shown_out]  # fmt: skip
+        status_in_shown = shown_out.index(status)
         image.select(
             guarded(on_click, len(click_out), 0), [state], click_out, api_name="click"
+        ).then(
+            guarded(on_similarity, 4, 3),
+            [state, clicked],
+            [sim_view, target_view, match, status],
+            api_name="similarity",
         ).then(
             guarded(on_erf, 2, 1),
             [state, clicked, erf_layer, erf_on],
@@ -350,29 +514,32 @@ def build(explorer: Explorer) -> gr.Blocks:
             guarded(on_erf, 2, 1),
             [state, clicked, erf_layer, erf_on],
             [erf_view, status],
-            api_name=False,
+            api_visibility="private",
             show_progress_on=erf_view,
         )
         upload.upload(
-            guarded(on_upload, len(shown_out), 2),
+            guarded(on_upload, len(shown_out), status_in_shown),
             [upload, state, layers_text],
             shown_out,
             api_name="upload",
         )
         pick.input(
-            guarded(on_pick, len(shown_out), 2),
+            guarded(on_pick, len(shown_out), status_in_shown),
             [pick, state, layers_text],
             shown_out,
             api_name="pick_image",
         )
         layers_text.submit(
-            guarded(on_layers, len(shown_out), 2),
+            guarded(on_layers, len(shown_out), status_in_shown),
             [layers_text, state],
             shown_out,
             api_name="set_layers",
         )
         table.select(
-            guarded(on_toggle, len(shown_out), 2), [state], shown_out, api_name="toggle_layer"
+            guarded(on_toggle, len(shown_out), status_in_shown),
+            [state],
+            shown_out,
+            api_name="toggle_layer",
         )
         fm_go.click(
             guarded(on_features, 2, 1),
@@ -387,6 +554,39 @@ def build(explorer: Explorer) -> gr.Blocks:
             [mean_view, status],
             api_name="mean_activation",
             show_progress_on=mean_view,
+        )
+
+        target_out = [state, target_view, match, status]
+        target_upload.upload(
+            guarded(on_target_upload, 4, 3),
+            [target_upload, state, clicked],
+            target_out,
+            api_name="upload_target",
+        )
+        target_pick.input(
+            guarded(on_target_pick, 4, 3),
+            [target_pick, state, clicked],
+            target_out,
+            api_name="pick_target",
+        )
+        pca_go.click(
+            guarded(on_pca, 2, 1), [state], [pca_view, status], api_name="pca",
+            show_progress_on=pca_view,
+        )  # fmt: skip
+        gr.on(
+            [kmeans_go.click, k_slider.release],
+            guarded(on_kmeans, 2, 1),
+            [state, k_slider],
+            [kmeans_view, status],
+            api_name="kmeans",
+            show_progress_on=kmeans_view,
+        )
+        scribble_go.click(
+            guarded(on_scribble, 3, 2),
+            [state, editor],
+            [seg_view, probe_file, status],
+            api_name="scribble",
+            show_progress_on=seg_view,
         )
 
     return page  # type: ignore[no-any-return]

@@ -16,7 +16,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-__all__ = ["COLOURS", "Box", "boxes_on_image", "colour", "figure_array", "image_array", "profile"]
+__all__ = [
+    "COLOURS",
+    "Box",
+    "boxes_on_image",
+    "colour",
+    "figure_array",
+    "heat_on_image",
+    "image_array",
+    "labels_on_image",
+    "profile",
+]
 
 COLOURS = (
     "#1f77b4",
@@ -174,3 +184,87 @@ def profile(
     draw.text((left, 4), title, fill=(0, 0, 0), font=font)
     draw.text((6, top + plot_h / 2), "activation", fill=(60, 60, 60), font=small, anchor="lm")
     return np.asarray(img)
+
+
+def _cross(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, fill: str) -> None:
+    for ink, width_ in (("black", 4), (fill, 2)):
+        draw.line(((cx - r, cy), (cx + r, cy)), fill=ink, width=width_)
+        draw.line(((cx, cy - r), (cx, cy + r)), fill=ink, width=width_)
+
+
+def heat_on_image(
+    pixels: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    label: str,
+    marks: Sequence[tuple[int, int, str]] = (),
+    cmap: str = "magma",
+) -> Array:
+    """A map ``(H, W)`` over the image ``(C, H, W)`` as a heat map (its own range, from its
+    minimum, dark, to its maximum, bright, written in the key below), enlarged so that the
+    longer side is about 448 screen pixels; ``marks`` ``(y, x, colour)`` are drawn as crosses.
+    Pillow and numpy only (a click redraws it)."""
+    import matplotlib
+    from PIL import ImageFont
+
+    img = image_array(pixels).astype(np.float32)
+    v = values.detach().float().cpu().numpy()
+    lo, hi = float(v.min()), float(v.max())
+    t = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+    lut = matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0
+    heat = lut[np.clip((t * 255).round().astype(np.int64), 0, 255)]
+    blend = (0.2 * img + 0.8 * heat).round().clip(0, 255).astype(np.uint8)
+    h, w = blend.shape[:2]
+    scale = max(1, round(448 / max(h, w)))
+    photo = Image.fromarray(blend).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+    key_h = 34
+    canvas = Image.new("RGB", (w * scale, h * scale + key_h), (255, 255, 255))
+    canvas.paste(photo, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for y, x, ink in marks:
+        _cross(draw, (x + 0.5) * scale, (y + 0.5) * scale, max(6, 3 * scale), ink)
+    bar_w = min(160, w * scale // 3)
+    ramp = lut[np.linspace(0, 255, bar_w).round().astype(np.int64)].astype(np.uint8)
+    bar = np.repeat(ramp[None], 10, axis=0)
+    top = h * scale + 4
+    canvas.paste(Image.fromarray(bar), (4, top))
+    font = ImageFont.load_default(size=11)
+    draw.text((4, top + 12), f"{lo:.2f}", fill=(0, 0, 0), font=font)
+    draw.text((4 + bar_w, top + 12), f"{hi:.2f}", fill=(0, 0, 0), font=font, anchor="ra")
+    draw.text((bar_w + 12, top), label, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def labels_on_image(
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    colours: Sequence[str],
+    *,
+    names: Sequence[str] | None = None,
+    alpha: float = 0.55,
+) -> Array:
+    """Integer labels ``(H, W)`` over the image, one colour per label (``colours[label]``),
+    beside the image itself; ``names`` of the labels are written in a key below."""
+    from PIL import ImageFont
+
+    img = image_array(pixels)
+    lab = labels.detach().cpu().numpy().astype(np.int64)
+    table = np.array([_rgb(c) for c in colours], dtype=np.float32)
+    over = (1 - alpha) * img.astype(np.float32) + alpha * table[lab % len(colours)]
+    gap = np.full((img.shape[0], 4, 3), 255, dtype=np.uint8)
+    both = np.concatenate([img, gap, over.round().clip(0, 255).astype(np.uint8)], axis=1)
+    h, w = both.shape[:2]
+    scale = max(1, round(900 / w))
+    photo = Image.fromarray(both).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+    if not names:
+        return np.asarray(photo)
+    canvas = Image.new("RGB", (w * scale, h * scale + 22), (255, 255, 255))
+    canvas.paste(photo, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=12)
+    x = 4
+    for k, name in enumerate(names):
+        draw.rectangle((x, h * scale + 5, x + 12, h * scale + 17), fill=colours[k % len(colours)])
+        draw.text((x + 16, h * scale + 4), name, fill=(0, 0, 0), font=font)
+        x += 24 + round(draw.textlength(name, font=font))
+    return np.asarray(canvas)

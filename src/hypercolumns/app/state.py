@@ -61,6 +61,10 @@ class Explorer:
         layers: The hypercolumn's layers (as for :func:`hypercolumns.select`); by default one
             per resolution (:func:`default_layers`).
         limits: Upload limits and the size images are run at.
+        record: How the model was built, for probes saved from the page to rebuild it
+            (``model``, ``model_kwargs``, ``weights_seed``, ``weights_file``, ``pretrained``,
+            as :func:`hypercolumns.fit_probe` records a spec); ``None`` when it cannot be
+            rebuilt by name (the probe then records "weights as given").
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Explorer:
         images: Sequence[str | Path],
         layers: LayerSpec | None = None,
         limits: Limits | None = None,
+        record: dict[str, object] | None = None,
     ) -> None:
         if not images:
             raise ValueError("the explorer needs at least one image to show")
@@ -81,6 +86,7 @@ class Explorer:
         self.images = tuple(Path(p) for p in images)
         self.layer_spec = layers
         self.limits = limits or Limits()
+        self.record = record
         self.in_channels = input_channels(model)
         self._lock = threading.RLock()
         self._layers: dict[tuple[int, int], list[Layer]] = {}
@@ -152,9 +158,17 @@ class Explorer:
         are ``pixels`` ``(C, H, W)``, with the layers ``spec`` names."""
         size = (int(x.shape[-2]), int(x.shape[-1]))
         chosen = self.choose(size, spec)
+        return State(self, name, x, pixels, chosen, *self.maps(size, chosen, x))
+
+    def maps(
+        self, size: tuple[int, int], chosen: Sequence[Layer], x: torch.Tensor
+    ) -> tuple[LayerMaps, torch.Tensor]:
+        """The layers' maps of ``x`` and the norms ``(H, W)`` of its hypercolumns (what every
+        click's similarity reads, computed once here)."""
         with self.running(), torch.no_grad():
             maps = self.mapper(size, chosen).maps(x)
-        return State(self, name, x, pixels, chosen, maps)
+            norms = maps.sq_norms()[0].sqrt_()
+        return maps, norms
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,6 +182,9 @@ class State:
         pixels: The image ``(C, H, W)`` in ``[0, 1]``.
         layers: The chosen layers, in the hypercolumn's order.
         maps: Their maps of ``x`` at their own resolution.
+        norms: ``(H, W)`` the norm of the hypercolumn at every pixel (for similarities).
+        target: The second image (similarity and correspondence), with the same layers and
+            its own maps, or ``None``.
     """
 
     explorer: Explorer
@@ -176,6 +193,8 @@ class State:
     pixels: torch.Tensor = field(repr=False)
     layers: tuple[Layer, ...]
     maps: LayerMaps = field(repr=False)
+    norms: torch.Tensor = field(repr=False)
+    target: State | None = field(default=None, repr=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -190,6 +209,15 @@ class State:
     def with_layers(self, spec: LayerSpec) -> State:
         """The same image with the layers ``spec`` names (their maps computed once)."""
         chosen = self.explorer.choose(self.size, spec)
-        with self.explorer.running(), torch.no_grad():
-            maps = self.explorer.mapper(self.size, chosen).maps(self.x)
-        return replace(self, layers=chosen, maps=maps)
+        maps, norms = self.explorer.maps(self.size, chosen, self.x)
+        return replace(self, layers=chosen, maps=maps, norms=norms).with_target(self.target)
+
+    def with_target(self, target: State | None) -> State:
+        """This image with ``target`` as its second image (its maps recomputed with this
+        image's layers when they differ; ``None`` removes it)."""
+        if target is not None:
+            target = replace(target, target=None)
+            names = [layer.name for layer in self.layers]
+            if [layer.name for layer in target.layers] != names:
+                target = target.with_layers(names)
+        return replace(self, target=target)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hypercolumns.cli._options import ModelKwargs, Pretrained, Weights, load
+from hypercolumns.cli._options import ModelKwargs, Pretrained, Weights, load, parse_kwargs
 from hypercolumns.cli._render import stderr
 from hypercolumns.errors import HypercolumnsError
 
@@ -94,6 +94,15 @@ def explore(
         else:
             described = f"from {weights}" if weights is not None else "pretrained"
         net = load(model, model_kwargs, weights, pretrained)
+    random = described.startswith("random")
+    record: dict[str, object] = {  # how probes saved from the page rebuild the model
+        "model": model,
+        "model_kwargs": parse_kwargs(model_kwargs),
+        "weights": described,
+        "weights_seed": 0 if random else None,
+        "weights_file": None if weights is None else str(weights),
+        "pretrained": not random and weights is None,
+    }
     spec: str | tuple[int, ...] | None = layers
     if spec is None and default:
         spec = demo.RF_LAYERS
@@ -105,5 +114,6 @@ def explore(
         images=shown,
         layers=None if spec is None else list(spec) if isinstance(spec, tuple) else spec,
         limits=Limits(side=size, longest=2 * size),
+        record=record,
     )
     launch(explorer, host=host, port=port)

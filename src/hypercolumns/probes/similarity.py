@@ -33,7 +33,7 @@ from hypercolumns.features.linear import LayerMaps, LinearMap, layer_maps
 from hypercolumns.features.points import sample_points
 from hypercolumns.rf.layers import LayerSpec
 
-__all__ = ["CHUNK_BYTES", "Correspondence", "correspond", "similarity"]
+__all__ = ["CHUNK_BYTES", "Correspondence", "correspond", "similarity", "similarity_of_maps"]
 
 CHUNK_BYTES = 256 * 2**20
 """Working memory of one chunk of :func:`correspond` by default (its score maps)."""
@@ -138,6 +138,61 @@ def _queries(maps: LayerMaps, at: torch.Tensor) -> tuple[LinearMap, torch.Tensor
     return LinearMap(rows, columns.new_zeros(columns.shape[0])), inverse
 
 
+def similarity_of_maps(
+    source: LayerMaps,
+    query: torch.Tensor | Sequence[Sequence[float]],
+    *,
+    target: LayerMaps | None = None,
+    norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`similarity` from layer maps already computed (one image each, the same layers):
+    no forward pass, so an app can keep the maps of an image and answer each query at the cost
+    of a ``Q``-output linear map and the target's norms.
+
+    Args:
+        source: The maps of the query image (:func:`~hypercolumns.features.linear.layer_maps`
+            or :meth:`~hypercolumns.features.linear.LinearMapper.maps` of one image).
+        query: ``(Q, 2)`` ``(y, x)`` pixels of the source image, each inside it.
+        target: The maps of the image compared to (same layers); by default ``source``.
+        norms: ``(H_target, W_target)`` the norms ``|h(p)|`` of the compared image's
+            hypercolumns (``maps.sq_norms()[0].sqrt()``), when kept from before: they do not
+            depend on the query, and reading them is most of the cost of a query.
+
+    Returns:
+        ``(Q, H_target, W_target)`` float32, in ``[-1, 1]``.
+
+    Raises:
+        OptionError: A query point outside the source image, a malformed ``query``, maps of
+            more than one image, or a target of other layers.
+    """
+    maps = source if target is None else target
+    for name, given in (("source", source), ("target", maps)):
+        if given.batch != 1:
+            raise OptionError(f"{name} maps must be of one image, got a batch of {given.batch}")
+    if dict(maps.slices) != dict(source.slices):
+        raise OptionError(
+            "source and target maps must be of the same layers, got "
+            f"{list(source.slices)} and {list(maps.slices)}"
+        )
+    _, at = _pixels(query, source.input_size, "query", "source image")
+    with torch.no_grad():
+        m, inverse = _queries(source, at)
+        out = maps.linear(m)[0]
+        if norms is None:
+            inverse_over = _inverse_norms(maps)
+        else:
+            if tuple(norms.shape) != tuple(out.shape[1:]):
+                raise OptionError(
+                    f"norms must be {tuple(out.shape[1:])}, the compared image's size, got "
+                    f"{tuple(norms.shape)}"
+                )
+            flat = norms.flatten().to(out)
+            inverse_over = torch.where(flat > _EPS, flat.reciprocal(), torch.zeros_like(flat))
+        out.mul_(inverse_over.view(1, *out.shape[1:]))
+        out.mul_(inverse.view(-1, 1, 1))
+        return out.clamp_(-1.0, 1.0)
+
+
 def similarity(
     model: nn.Module,
     x: torch.Tensor,
@@ -177,17 +232,13 @@ def similarity(
     other = None if target is None else _image(target, "target")
     check_align(align)
     budget(max_bytes, "max_bytes")
-    _, at = _pixels(query, (x.shape[-2], x.shape[-1]), "query", "image x")
+    _pixels(query, (x.shape[-2], x.shape[-1]), "query", "image x")  # before the forward pass
     with torch.no_grad():
         source = layer_maps(model, x, layers, align=align, max_bytes=max_bytes)
-        maps = source
+        maps = None
         if other is not None:
             maps = layer_maps(model, other, layers, align=align, max_bytes=max_bytes)
-        m, inverse = _queries(source, at)
-        out = maps.linear(m)[0]
-        out.mul_(_inverse_norms(maps).view(1, *out.shape[1:]))
-        out.mul_(inverse.view(-1, 1, 1))
-        return out.clamp_(-1.0, 1.0)
+    return similarity_of_maps(source, query, target=maps)
 
 
 def _best(
