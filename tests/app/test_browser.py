@@ -20,6 +20,8 @@ from hypercolumns.app.state import Explorer
 pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and os.environ.get("CI"):  # never skipped in CI: .ci/run installs it
+    raise RuntimeError("CI is set but no Chromium is on PATH: .ci/run should have installed it")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
