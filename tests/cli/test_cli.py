@@ -312,3 +312,19 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert "random weights" in err
     for name in names - {"summary.json"}:
         assert Image.open(out / name).size[0] >= 600
+
+
+def test_random_weights_are_the_same_in_every_command_run() -> None:
+    """Every command builds random weights with seed 0 (so `show` repeats, as `extract` does),
+    without touching the caller's random state."""
+    from hypercolumns.cli._options import load
+
+    torch.manual_seed(5)
+    first = load(TINY, None, None, False).state_dict()
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    torch.rand(3)  # another random state before the second build
+    second = load(TINY, None, None, False).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(1), after)  # the global generator was left as found

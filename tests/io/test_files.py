@@ -53,7 +53,7 @@ def test_metadata_shares_the_store_schema(tmp_path: Path) -> None:
     assert [g | {"shape": None} for g in meta["geometry"]] == [
         g | {"shape": None} for g in config["geometry"]
     ]
-    assert meta["weights"] == "random"
+    assert meta["weights"] == config["weights"] == "random (seed 0)"  # seeded, as stores are
     assert len(meta["run"]["weights_sha256"]) == 64
     assert meta["layout"] == "(B, N, C)"
     assert np.asarray(meta["points"]["coordinates"]).shape == (1, 5, 2)

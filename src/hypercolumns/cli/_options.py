@@ -161,11 +161,16 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
 
 
 def load(model: str, model_kwargs: str | None, weights: Path | None, pretrained: bool) -> nn.Module:
-    """Build the model from the common options (shared by every command)."""
+    """Build the model from the common options (shared by every command). Random weights (no
+    ``--weights``, no ``--pretrained``) are drawn with seed 0, so every command repeats."""
+    import torch
+
     from hypercolumns.models import load_model
 
     kwargs = parse_kwargs(model_kwargs)
-    return load_model(model, pretrained=pretrained, weights=weights, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return load_model(model, pretrained=pretrained, weights=weights, **kwargs)
 
 
 def floats(text: str | None, option: str) -> list[float] | None:

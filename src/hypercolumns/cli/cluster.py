@@ -108,7 +108,6 @@ def cluster(
     Example: hypercolumns cluster torchvision:vgg16 a.jpg b.jpg --layers 3,8,15,22 -k 8
     --out clusters.png
     """
-    import torch
 
     from hypercolumns.images import load_image
     from hypercolumns.pipeline import expand_inputs
@@ -119,9 +118,7 @@ def cluster(
     check_figure(out)
     chosen_align = check_align(align.value)
     sources = expand_inputs(inputs, check_keys=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # random weights (no --weights, no --pretrained): the same each run
-        net = load(model, model_kwargs, weights, pretrained)
+    net = load(model, model_kwargs, weights, pretrained)  # random weights: seed 0, each run
     means, stds = floats(mean, "--mean"), floats(std, "--std")
     loaded = [
         load_image(s.path, net, mean=means, std=stds, resize=resize, crop=crop) for s in sources

@@ -213,8 +213,13 @@ def extract_to_file(
     out_size = None if size is None else parse_size(size)
     spec = model if isinstance(model, str) else f"{type(model).__module__}:{type(model).__name__}"
     if isinstance(model, str):
-        net = load_model(model, pretrained=pretrained, weights=weights, **dict(model_kwargs or {}))
-        weights_text = describe_weights(spec, weights, pretrained)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random weights are seeded, as stores seed them
+            net = load_model(
+                model, pretrained=pretrained, weights=weights, **dict(model_kwargs or {})
+            )
+        random = weights is None and not pretrained
+        weights_text = describe_weights(spec, weights, pretrained, 0 if random else None)
     else:
         net = model
         given = weights is not None or pretrained
