@@ -130,6 +130,16 @@ Std = Annotated[
     str | None,
     typer.Option("--std", metavar="S[,S,S]", help="Normalisation std per channel (see --mean)."),
 ]
+Layers = Annotated[
+    str,
+    typer.Option(
+        "--layers",
+        "-l",
+        metavar="L1,L2",
+        help="Layers to stack: names, indices (3,8), globs (features.*) or 'all'.",
+        show_default=False,
+    ),
+]
 Layer1 = Annotated[
     str,
     typer.Option(

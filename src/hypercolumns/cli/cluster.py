@@ -14,6 +14,7 @@ from hypercolumns.cli._options import (
     Crop,
     Format,
     FormatOpt,
+    Layers,
     Mean,
     ModelArg,
     ModelKwargs,
@@ -42,16 +43,7 @@ def cluster(
             show_default=False,
         ),
     ],
-    layers_spec: Annotated[
-        str,
-        typer.Option(
-            "--layers",
-            "-l",
-            metavar="L1,L2",
-            help="Layers to stack: names, indices (3,8), globs (features.*) or 'all'.",
-            show_default=False,
-        ),
-    ],
+    layers_spec: Layers,
     out: Annotated[
         Path,
         typer.Option(

@@ -20,6 +20,7 @@ from hypercolumns.cli._options import (
     DType,
     Format,
     FormatOpt,
+    Layers,
     Mean,
     ModelArg,
     ModelKwargs,
@@ -70,16 +71,7 @@ def extract(
             show_default=False,
         ),
     ],
-    layers_spec: Annotated[
-        str,
-        typer.Option(
-            "--layers",
-            "-l",
-            metavar="L1,L2",
-            help="Layers to stack: names, indices (3,8), globs (features.*) or 'all'.",
-            show_default=False,
-        ),
-    ],
+    layers_spec: Layers,
     out: Annotated[
         Path,
         typer.Option(
