@@ -21,7 +21,7 @@ they are refused here, never approximated.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +34,7 @@ from hypercolumns.features._resample import PointPlan, resample
 from hypercolumns.features.align import Align, check_align, unit_coordinates
 from hypercolumns.features.bands import BandedHypercolumns
 from hypercolumns.features.columns import HypercolumnExtractor, Normalize, Points
-from hypercolumns.rf.layers import Layer, LayerSpec, spec_items
+from hypercolumns.rf.layers import LayerSpec, spec_items
 
 __all__ = ["LayerMaps", "LinearMap", "LinearMapper", "layer_maps", "linear_map"]
 
@@ -232,12 +232,6 @@ class LayerMaps:
         first = next(iter(values.values()))
         self.batch, self.device = int(first.shape[0]), first.device
         self._grams: dict[str, _Grams] = {}
-
-    def _spatial(self) -> Iterator[tuple[Layer, torch.Tensor]]:
-        for layer in self.layers:
-            value = self.values[layer.name]
-            if value.dim() == 4:
-                yield layer, value
 
     def _points(self, points: Points) -> torch.Tensor:
         assert points is not None
