@@ -122,6 +122,32 @@ def test_sparse_round_trip_with_and_without_the_package(tmp_path: Path) -> None:
         np.testing.assert_array_equal(rows[["y", "x"]].to_numpy(), r.points)
 
 
+def test_sparse_parts_are_written_without_pyarrows_converters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pa.array`` (and ``pa.table``, ``pa.scalar``) import pandas on their first call: about
+    2 s of CPU in every run's writing thread, beside the model. Parts are built from buffers."""
+    import pyarrow as pa
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a pyarrow converter was called")
+
+    for name in ("array", "table", "scalar", "repeat", "chunked_array"):
+        monkeypatch.setattr(pa, name, refused)
+    results = [sparse("ü/ключ.png", labels=True), sparse("b", n=3, seed=1, labels=True)]
+    with st.open_writer(tmp_path / "s.parquet", config("sparse", labels=True)) as writer:
+        for r in results:
+            writer.write(r)
+    monkeypatch.undo()
+    store = hc.open_store(tmp_path / "s.parquet")
+    for r in results:
+        np.testing.assert_array_equal(store[r.key].features, r.features)
+        np.testing.assert_array_equal(store[r.key].points, r.points)
+        np.testing.assert_array_equal(store[r.key].labels, r.labels)
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert table.column("key").to_pylist() == ["ü/ключ.png"] * 6 + ["b"] * 3
+
+
 def test_sparse_without_labels_has_no_label_column(tmp_path: Path) -> None:
     path = tmp_path / "s.parquet"
     with st.open_writer(path, config("sparse")) as writer:
