@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import timm
 import torch
@@ -118,6 +121,29 @@ def test_extractor_replans_sparse_sampling_when_the_points_change(resnet: nn.Mod
         got = ext(x, points)
         torch.testing.assert_close(got.features, expected.features, rtol=0, atol=0)
     torch.testing.assert_close(ext(x, a).features, first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_one_extractor_called_from_two_threads_at_once(resnet: nn.Module, sparse: bool) -> None:
+    """The pipeline's lanes run one model in two threads: each call's hooks take its own
+    thread's layers only, and each its own points, as if the calls ran one after the other."""
+    ext = hc.HypercolumnExtractor(resnet, LAYERS, 32)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(1, 3, 32, 32, generator=gen) for _ in range(2)]
+    points = [torch.randint(0, 32, (1, 9, 2), generator=gen) for _ in range(2)]
+    args = [(x, p if sparse else None) for x, p in zip(inputs, points, strict=True)]
+    expected = [ext(*a).features for a in args]
+    start = threading.Barrier(2)
+
+    def calls(i: int) -> list[torch.Tensor]:
+        start.wait()
+        return [ext(*args[i]).features for _ in range(12)]
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(calls, range(2)))
+    for got, want in zip(results, expected, strict=True):
+        for features in got:
+            torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-6)
 
 
 def test_half_pixel_equals_interpolate(resnet: nn.Module) -> None:

@@ -258,8 +258,8 @@ class HypercolumnExtractor:
             start += width
         self.channels = start
         self._plans: dict[tuple[str, int, int], tuple[AxisPlan, AxisPlan]] = {}
-        self._point_plans: dict[str, PointPlan] = {}  # for the points of the last call
-        self._planned_points: torch.Tensor | None = None
+        # the points of the last call and their plans, replaced as one (calls may run in threads)
+        self._point_plans: tuple[torch.Tensor | None, dict[str, PointPlan]] = (None, {})
         self._sampled: dict[tuple[object, ...], torch.Tensor] = {}  # seeded points, last call
 
     @staticmethod
@@ -338,8 +338,9 @@ class HypercolumnExtractor:
         if isinstance(points, int):
             seeded = labels is None and seed is not None
             key = (points, batch, seed, device)
-            if seeded and key in self._sampled:
-                return self._sampled[key]  # the same pixels as the last call
+            last = self._sampled.get(key) if seeded else None
+            if last is not None:
+                return last  # the same pixels as the last call
             pts = sample_points(points, batch, self.input_size, labels, seed).to(device)
             if seeded:
                 self._sampled = {key: pts}
@@ -397,9 +398,10 @@ class HypercolumnExtractor:
         if labels is not None and points is None:
             raise OptionError("labels= stratifies sampled points: give points=N with it")
         pts = None if points is None else self._points(points, batch, labels, seed, device)
-        if pts is not None and not _same(pts, self._planned_points):
-            self._point_plans.clear()
-            self._planned_points = pts
+        planned, plans = self._point_plans
+        if pts is not None and not _same(pts, planned):
+            plans = {}
+            self._point_plans = (pts, plans)
         if pts is None:
             shape: tuple[int, ...] = (batch, self.channels, *self.size)
         elif self.size != self.input_size:
@@ -422,7 +424,7 @@ class HypercolumnExtractor:
             if pts is None:
                 self._dense(layer, value, result[:, sl])
             else:
-                self._sparse(layer, value, pts, result[..., sl])
+                self._sparse(layer, value, pts, plans, result[..., sl])
 
         self.features.stream(x, consume)
         if self.normalize == "l2":
@@ -445,16 +447,21 @@ class HypercolumnExtractor:
         resample(value, *self._axis_plans(layer, *value.shape[-2:]), target)
 
     def _sparse(
-        self, layer: Layer, value: torch.Tensor, pts: torch.Tensor, target: torch.Tensor
+        self,
+        layer: Layer,
+        value: torch.Tensor,
+        pts: torch.Tensor,
+        plans: dict[str, PointPlan],
+        target: torch.Tensor,
     ) -> None:
         if value.dim() == 2:
             target.copy_(value[:, None, :])
             return
         h, w = value.shape[-2:]
-        plan = self._point_plans.get(layer.name)
+        plan = plans.get(layer.name)
         if plan is None or plan.key != (*pts.shape[:2], h, w, value.dtype):
             uy, ux = unit_coordinates(layer, self.align, self.input_size, pts, (h, w))
-            plan = self._point_plans[layer.name] = PointPlan(uy, ux, h, w, value.dtype)
+            plan = plans[layer.name] = PointPlan(uy, ux, h, w, value.dtype)
         plan.sample(value, target)
 
 

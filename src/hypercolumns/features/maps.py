@@ -16,6 +16,7 @@ pixel.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -132,10 +133,11 @@ class FeatureExtractor:
         output to ``on_output`` inside its forward hook."""
         done: set[str] = set()
         total = len(self._sources)
+        caller = threading.get_ident()
 
         def make_hook(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: Any, output: Any) -> None:
-                if name in done:
+                if name in done or threading.get_ident() != caller:
                     return  # a module that runs again (a reused ReLU): its first call counts
                 t = first_tensor(output)
                 if t is None:
