@@ -35,7 +35,7 @@ from tests.cli.test_cli import assert_one_line_error
 from tests.cli.test_cli import run as cli
 from tests.conftest import HERE, TINY
 from tests.io.test_store import config as store_config
-from tests.pipeline.test_pipeline import picture
+from tests.pipeline.conftest import picture
 
 SIZES = [(20, 16), (24, 18), (40, 36), (17, 23), (24, 18)]
 NOT_IN_ACTORS = f"{HERE / 'tiny_models.py'}:tiny_not_in_ray_actors"
@@ -142,11 +142,7 @@ def budget_between(folder: Path, settings: Settings) -> int:
     """A memory budget that the largest image exceeds and the others fit."""
     extraction = Extraction(settings)
     items = [decode(s, extraction.decode_options) for s in expand_inputs([folder])]
-    costs = {
-        tuple(d.image.shape): extraction._cost(extraction._plan(tuple(d.image.shape[1:])), d)
-        for d in items
-        if d.image is not None
-    }
+    costs = {tuple(d.image.shape): extraction.cost(d) for d in items if d.image is not None}
     largest = max(costs.values())
     assert sorted(costs.values())[-2] < largest
     return largest - 1

@@ -19,7 +19,7 @@ from hypercolumns.errors import HypercolumnsError, StoreError
 from hypercolumns.io.store import DenseWriter, check_key
 from hypercolumns.pipeline import Settings, expand_inputs, run
 from tests.conftest import TINY
-from tests.pipeline.test_pipeline import picture
+from tests.pipeline.conftest import picture
 
 
 def extract(*args: str | Path) -> subprocess.CompletedProcess[str]:

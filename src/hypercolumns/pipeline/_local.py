@@ -1,6 +1,7 @@
 """The local engine of :func:`hypercolumns.pipeline.run`: images decoded in
-``torch.utils.data.DataLoader`` worker processes (:func:`decoded`), grouped into batches of one
-size (:func:`batches`), and the model run in this process, which writes the store.
+``torch.utils.data.DataLoader`` worker processes or a thread (:func:`decoded`), grouped into
+batches of one size (:func:`batches`), and the model run in this process (in two
+:class:`~hypercolumns.pipeline._lanes.Lanes` on a CPU), which writes the store.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from hypercolumns.pipeline._lanes import Lanes, lanes_for
 from hypercolumns.pipeline._sink import Sink, split_whole, write_banded
 from hypercolumns.pipeline.decoding import Decoded, DecodeOptions, decode
 from hypercolumns.pipeline.extraction import Extraction
@@ -79,7 +81,10 @@ def _decoded_ahead(
         for source in sources:
             yield decode(source, options)
         return
-    pool = ThreadPoolExecutor(1, thread_name_prefix="hypercolumns-decode")
+    # its few ops on one thread: a second one would spin beside the model
+    pool = ThreadPoolExecutor(
+        1, "hypercolumns-decode", initializer=torch.set_num_threads, initargs=(1,)
+    )
     waiting: deque[Future[Decoded]] = deque()
     todo = iter(sources)
     try:
@@ -124,19 +129,40 @@ def batches(
     yield from buckets.values()
 
 
+@contextlib.contextmanager
+def _threads_kept() -> Iterator[None]:
+    """Leave PyTorch's thread count as found: a thread's ``torch.set_num_threads`` (the lanes',
+    the decoding thread's) is also the count of threads started after it."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run(
     todo: Sequence[Source], extraction: Extraction, sink: Sink, *, workers: int, batch_size: int
 ) -> None:
-    """The local engine: decoding in DataLoader workers, the model in this process."""
-    items = decoded(todo, extraction.decode_options, workers)
-    for batch in batches(items, batch_size, max_bytes=extraction.max_memory // 2):
-        whole, banded = split_whole(extraction, batch)
-        for result in extraction(whole):
-            sink.put(result)
-        for item in banded:
-            failure = write_banded(extraction, sink.writer, item)
-            if failure is None:
-                sink.committed_in_bands(item.record)
-            else:
-                sink.put(failure)
-        sink.advance(len(batch))
+    """The local engine: decoding in DataLoader workers (or a thread), the model in this
+    process, in two :class:`Lanes` on a CPU."""
+    count = lanes_for(extraction)
+    items = decoded(todo, extraction.decode_options, workers, ahead=count)
+    with _threads_kept(), Lanes(count, extraction, sink) as lanes:
+        for batch in batches(items, batch_size, max_bytes=extraction.max_memory // 2):
+            if not extraction.planned(batch):
+                lanes.drain()  # planning (in split_whole) runs alone
+            whole, banded = split_whole(extraction, batch)
+            if not banded and lanes.takes(whole):
+                lanes.submit(whole, len(batch))
+                continue
+            lanes.drain()
+            for result in extraction(whole):
+                sink.put(result)
+            for item in banded:
+                failure = write_banded(extraction, sink.writer, item)
+                if failure is None:
+                    sink.committed_in_bands(item.record)
+                else:
+                    sink.put(failure)
+            sink.advance(len(batch))
+        lanes.drain()

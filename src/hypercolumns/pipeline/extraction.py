@@ -63,6 +63,16 @@ def failure_of(item: Decoded, err: BaseException | str) -> Failure:
     return Failure(item.source.key, str(item.source.path), why)
 
 
+def _size(item: Decoded) -> tuple[int, int]:
+    assert item.image is not None
+    return item.image.shape[1], item.image.shape[2]
+
+
+def _batch(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``tensors`` stacked (one alone is not copied)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(list(tensors))
+
+
 def _reference_size(settings: Settings, model: nn.Module) -> tuple[int, int]:
     for spec in (settings.crop.partition(":")[2] if settings.crop else None, settings.resize):
         if spec:
@@ -82,6 +92,9 @@ class _PlanCache(Generic[_Plan]):
     def __init__(self, capacity: int = _PLANS) -> None:
         self._capacity = capacity
         self._plans: OrderedDict[tuple[int, int], _Plan] = OrderedDict()
+
+    def __contains__(self, size: tuple[int, int]) -> bool:
+        return size in self._plans
 
     def get(self, size: tuple[int, int], build: Callable[[tuple[int, int]], _Plan]) -> _Plan:
         """The planner for ``size``, from ``build(size)`` when there is none (an error in
@@ -215,21 +228,19 @@ class Extraction:
             raise HypercolumnsError(self._banding)
         return banded
 
-    def fits(self, item: Decoded) -> bool:
-        """Whether ``item`` can be computed whole within the memory budget (also true when it
-        cannot be computed at all: :meth:`__call__` then says why)."""
-        assert item.image is not None
-        try:
-            ext = self._plan((item.image.shape[1], item.image.shape[2]))
-        except HypercolumnsError:
-            return True
-        return self._cost(ext, item) <= self.max_memory
+    def planned(self, batch: Sequence[Decoded]) -> bool:
+        """Whether the sizes of ``batch`` are planned already, so that computing it plans
+        nothing. Planning runs the model with hooks on every module: in threads that run the
+        model at once (:class:`~hypercolumns.pipeline._lanes.Lanes`), it must run alone."""
+        return all(d.image is None or _size(d) in self._plans for d in batch)
 
-    def _budget(self) -> str:
-        """The run's memory budget, as messages name it."""
-        return f"the run's memory budget of {self.max_memory / 2**30:.2f} GiB (--max-memory)"
+    def cost(self, item: Decoded) -> int:
+        """The working set of computing ``item`` whole, in bytes (its size is planned here).
 
-    def _cost(self, ext: HypercolumnExtractor, item: Decoded) -> int:
+        Raises:
+            HypercolumnsError: It cannot be computed (e.g. too small for the model).
+        """
+        ext = self._plan(_size(item))
         n = None if item.points is None else len(item.points)
         cost = working_set(ext, ext.input_size[0], points=n)
         if n is None and ext.size != ext.input_size:  # the output has --size rows, not H
@@ -237,18 +248,38 @@ class Extraction:
             cost += 2 * ext.channels * item_bytes * (ext.size[0] - ext.input_size[0]) * ext.size[1]
         return cost
 
+    def fits_within(self, batch: Sequence[Decoded], budget: int) -> bool:
+        """Plan the sizes of ``batch`` (here, now) and tell whether :meth:`__call__` with this
+        ``budget`` computes it whole, planning nothing more."""
+        try:
+            return all(d.image is None or self.cost(d) <= budget for d in batch)
+        except HypercolumnsError:  # e.g. too small for the model: it fails where it is planned
+            return False
+
+    def fits(self, item: Decoded) -> bool:
+        """Whether ``item`` can be computed whole within the memory budget (also true when it
+        cannot be computed at all: :meth:`__call__` then says why)."""
+        try:
+            return self.cost(item) <= self.max_memory
+        except HypercolumnsError:
+            return True
+
+    def _budget(self) -> str:
+        """The run's memory budget, as messages name it."""
+        return f"the run's memory budget of {self.max_memory / 2**30:.2f} GiB (--max-memory)"
+
     def band_rows_for(self, item: Decoded) -> int:
         """Output rows per band for ``item``: ``band_rows``, or the most the budget allows."""
         assert item.image is not None
         if self.band_rows is not None:
             return self.band_rows
-        banded = self._banded((item.image.shape[1], item.image.shape[2]))
+        banded = self._banded(_size(item))
         return banded.rows_for(self.max_memory, _BAND_QUANTUM)
 
     def dense_shape(self, item: Decoded) -> tuple[int, int, int]:
         """The ``(C, H, W)`` of ``item``'s dense hypercolumns."""
         assert item.image is not None
-        ext = self._plan((item.image.shape[1], item.image.shape[2]))
+        ext = self._plan(_size(item))
         return ext.channels, ext.size[0], ext.size[1]
 
     # -- computing -----------------------------------------------------------------------------
@@ -256,7 +287,7 @@ class Extraction:
     def bands(self, item: Decoded) -> Iterator[tuple[int, np.ndarray[Any, Any]]]:
         """Dense hypercolumns of one image band by band: ``(first row, (C, rows, W) array)``."""
         assert item.image is not None
-        banded = self._banded((item.image.shape[1], item.image.shape[2]))
+        banded = self._banded(_size(item))
         x = item.image[None].to(self.device)
         for r0, band in banded(x, self.band_rows_for(item)):
             yield r0, band.cpu().numpy()
@@ -264,7 +295,7 @@ class Extraction:
     def _sparse_in_bands(self, item: Decoded) -> ImageResult:
         assert item.image is not None
         assert item.points is not None
-        banded = self._banded((item.image.shape[1], item.image.shape[2]))
+        banded = self._banded(_size(item))
         x = item.image[None].to(self.device)
         pts = item.points
         out = torch.empty((len(pts), banded.channels), dtype=self.settings.torch_dtype)
@@ -284,24 +315,26 @@ class Extraction:
         )
 
     def _run(self, items: Sequence[Decoded]) -> list[ImageResult]:
-        first = items[0].image
-        assert first is not None
-        ext = self._plan((first.shape[1], first.shape[2]))
-        x = torch.stack([d.image for d in items if d.image is not None]).to(self.device)
+        ext = self._plan(_size(items[0]))
+        x = _batch([d.image for d in items if d.image is not None]).to(self.device)
         points = None
         if self.settings.points is not None:
-            points = torch.stack([d.points for d in items if d.points is not None])
+            points = _batch([d.points for d in items if d.points is not None])
         features = ext(x, points).features.cpu().numpy()
         return [self._result(d, features[i]) for i, d in enumerate(items)]
 
-    def __call__(self, batch: Sequence[Decoded]) -> list[ImageResult | Failure]:
+    def __call__(
+        self, batch: Sequence[Decoded], *, budget: int | None = None
+    ) -> list[ImageResult | Failure]:
         """Hypercolumns of each image of ``batch``, or why it failed.
 
         Images of one size are computed together, as many at a time as the memory budget
-        allows; an error in a group is retried image by image to find the image at fault.
-        Sparse images beyond the budget are computed in bands; dense ones are computed whole
-        here (send them to :meth:`bands` instead when :meth:`fits` says no).
+        (``budget``, or the run's) allows; an error in a group is retried image by image to
+        find the image at fault. Sparse images beyond the budget are computed in bands; dense
+        ones are computed whole here (send them to :meth:`bands` instead when :meth:`fits`
+        says no).
         """
+        limit = self.max_memory if budget is None else budget
         out: dict[str, ImageResult | Failure] = {}
         groups: dict[tuple[int, ...], list[Decoded]] = {}
         for item in batch:
@@ -310,18 +343,16 @@ class Extraction:
             else:
                 groups.setdefault(tuple(item.image.shape), []).append(item)
         for items in groups.values():
-            first = items[0].image
-            assert first is not None
             try:
-                cost = self._cost(self._plan((first.shape[1], first.shape[2])), items[0])
+                cost = self.cost(items[0])
             except HypercolumnsError as err:  # e.g. too small for the model
                 out.update((item.source.key, failure_of(item, err)) for item in items)
                 continue
-            if self.settings.points is not None and cost > self.max_memory:
+            if self.settings.points is not None and cost > limit:
                 for item in items:
                     out[item.source.key] = self._guarded([item], bands=True)[0]
                 continue
-            per = max(1, self.max_memory // max(cost, 1))
+            per = max(1, limit // max(cost, 1))
             for k in range(0, len(items), per):
                 for r in self._guarded(items[k : k + per]):
                     out[r.key] = r
