@@ -535,19 +535,20 @@ def test_killed_sparse_run_then_rerun_equals_a_clean_run(tmp_path: Path, one_thr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(("sig", "threads"), [(signal.SIGTERM, "2"), (signal.SIGINT, "1")])
 def test_a_signalled_run_commits_what_is_complete_and_says_so(
-    tmp_path: Path, one_thread: None, sig: signal.Signals
+    tmp_path: Path, one_thread: None, sig: signal.Signals, threads: str
 ) -> None:
     """SIGTERM (what Slurm, Kubernetes and ``docker stop`` send) killed a sparse run at once,
     losing every image waiting for its part; now it is handled like Ctrl-C: the pending rows
-    are committed, one line says what was kept, and the exit code is 128 + the signal."""
+    are committed, one line says what was kept, and the exit code is 128 + the signal. With two
+    threads the model runs in two lanes, which stop as well."""
     images = tmp_path / "images"
     for i in range(40):
         picture(images / f"{i:02d}.png", (20, 16), i)
     out, clean = tmp_path / "signalled.parquet", tmp_path / "clean.parquet"
     args = ["extract", SLOW, str(images), "-l", "1,4", "-p", "6", "--dtype", "float16"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
     cmd = [sys.executable, "-m", "hypercolumns", *args, "-o", str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
