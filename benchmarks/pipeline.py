@@ -355,6 +355,7 @@ def main() -> None:
                     ours_e2e / medians["library loop, planned"], 2
                 ),
                 "ours / model only (best batch)": round(ours_e2e / medians["model only"], 2),
+                "ours / model only, batch 1": round(ours_e2e / medians["model only, batch 1"], 2),
                 "ours steady / model only": round(ours_steady / medians["model only"], 2),
             }
             if args.ray:

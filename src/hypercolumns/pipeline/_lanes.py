@@ -13,8 +13,9 @@ What makes it safe: each forward's hooks act on their own thread's calls only (s
 planning, which traces the model with hooks on every module, runs only while no lane runs
 (:meth:`Lanes.drain`, :meth:`~hypercolumns.pipeline.extraction.Extraction.planned`). A lane
 takes a batch only if its working set fits its share of the memory budget, so the lanes
-together stay within it; a batch that does not fit waits for the lanes and runs alone, with the
-whole budget and every thread.
+together stay within it (beside them, the main thread holds the output of the batch it is
+writing); a batch that does not fit waits for the lanes and runs alone, with the whole budget
+and every thread.
 """
 
 from __future__ import annotations

@@ -270,7 +270,6 @@ class Extraction:
 
     def band_rows_for(self, item: Decoded) -> int:
         """Output rows per band for ``item``: ``band_rows``, or the most the budget allows."""
-        assert item.image is not None
         if self.band_rows is not None:
             return self.band_rows
         banded = self._banded(_size(item))
@@ -278,7 +277,6 @@ class Extraction:
 
     def dense_shape(self, item: Decoded) -> tuple[int, int, int]:
         """The ``(C, H, W)`` of ``item``'s dense hypercolumns."""
-        assert item.image is not None
         ext = self._plan(_size(item))
         return ext.channels, ext.size[0], ext.size[1]
 
