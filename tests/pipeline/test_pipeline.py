@@ -537,7 +537,11 @@ def test_killed_sparse_run_then_rerun_equals_a_clean_run(tmp_path: Path, one_thr
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "threads"), [(signal.SIGTERM, "2"), (signal.SIGINT, "1")])
 def test_a_signalled_run_commits_what_is_complete_and_says_so(
-    tmp_path: Path, one_thread: None, sig: signal.Signals, threads: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    one_thread: None,
+    sig: signal.Signals,
+    threads: str,
 ) -> None:
     """SIGTERM (what Slurm, Kubernetes and ``docker stop`` send) killed a sparse run at once,
     losing every image waiting for its part; now it is handled like Ctrl-C: the pending rows
@@ -567,9 +571,8 @@ def test_a_signalled_run_commits_what_is_complete_and_says_so(
     rows = Counter(pq.read_table(out, columns=["key"]).column("key").to_pylist())
     assert len(rows) == kept  # pyarrow alone: the kept images, whole
     assert set(rows.values()) == {6}
-    cli_args = [sys.executable, "-m", "hypercolumns", *args]
-    assert subprocess.run([*cli_args, "-o", str(out)], env=env, check=False).returncode == 0
-    assert subprocess.run([*cli_args, "-o", str(clean)], env=env, check=False).returncode == 0
+    assert cli([*args, "-o", str(out)], capsys)[0] == 0  # resumed (here: no process start)
+    assert cli([*args, "-o", str(clean)], capsys)[0] == 0
     a, b = pq.read_table(out).to_pandas(), pq.read_table(clean).to_pandas()
     a, b = (t.sort_values(["key", "y", "x"]).reset_index(drop=True) for t in (a, b))
     assert a["key"].tolist() == b["key"].tolist()

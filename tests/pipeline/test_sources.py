@@ -1,14 +1,13 @@
 """Inputs and keys: the bugs of the adversarial run (KEY1-3, I13, I15, I18) stay fixed.
 
-The key cases run the real command line in a subprocess and read the store back with plain
-zarr, as a user would after the run.
+The key cases run the real command line (its entry point, in this process) and read the
+store back with plain zarr, as a user would after the run.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,22 @@ import hypercolumns as hc
 from hypercolumns.errors import HypercolumnsError, StoreError
 from hypercolumns.io.store import DenseWriter, check_key
 from hypercolumns.pipeline import Settings, expand_inputs, run
+from tests.cli.test_cli import run as cli
 from tests.conftest import TINY
 from tests.pipeline.conftest import picture
 
+Extract = Callable[..., tuple[int, str]]
 
-def extract(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "hypercolumns", "extract", TINY, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+
+@pytest.fixture
+def extract(capsys: pytest.CaptureFixture[str]) -> Extract:
+    """``hypercolumns extract TINY ARGS...``: its exit code and standard error."""
+
+    def call(*args: str | Path) -> tuple[int, str]:
+        code, _, err = cli(["extract", TINY, *map(str, args)], capsys)
+        return code, err
+
+    return call
 
 
 @pytest.fixture
@@ -36,19 +44,18 @@ def nested(tmp_path: Path) -> tuple[Path, Path]:
     return a, b
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("order", ["folder first", "file first"])
 def test_keys_that_nest_are_refused_up_front(
-    nested: tuple[Path, Path], tmp_path: Path, order: str
+    nested: tuple[Path, Path], tmp_path: Path, extract: Extract, order: str
 ) -> None:
     """KEY1 (committing ``x.png`` deleted the committed ``x.png/y.png``, rc 0) and KEY2 (the
     other order aborted with a TypeError): both images are named, nothing is computed."""
     a, b = nested
     first, second = (b, a) if order == "folder first" else (a, b)
     out = tmp_path / "s.zarr"
-    done = extract(first, second, "-l", "1", "-o", out)
-    assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
+    code, err = extract(first, second, "-l", "1", "-o", out)
+    assert code == 1
+    lines = err.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: ")
     assert "one a folder of the other" in lines[0]
@@ -59,24 +66,23 @@ def test_keys_that_nest_are_refused_up_front(
 
 @pytest.mark.slow
 def test_a_key_that_nests_with_a_committed_one_is_refused(
-    nested: tuple[Path, Path], tmp_path: Path
+    nested: tuple[Path, Path], tmp_path: Path, extract: Extract
 ) -> None:
     """Across runs: the committed ``x.png/y.png`` is kept, bit for bit, plain zarr reads it."""
     a, b = nested
     out = tmp_path / "s.zarr"
-    assert extract(b, "-l", "1", "-o", out).returncode == 0
+    assert extract(b, "-l", "1", "-o", out)[0] == 0
     before = zarr.open_group(str(out), mode="r")["x.png/y.png"][:]
-    done = extract(a, "-l", "1", "-o", out)
-    assert done.returncode == 1
-    assert "already holds the image 'x.png/y.png'" in done.stderr
+    code, err = extract(a, "-l", "1", "-o", out)
+    assert code == 1
+    assert "already holds the image 'x.png/y.png'" in err
     group = zarr.open_group(str(out), mode="r")
     assert (group["x.png/y.png"][:] == before).all()
     assert list(hc.open_store(out)) == ["x.png/y.png"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", ["list", "direct"])
-def test_an_image_named_zarr_json_is_refused(tmp_path: Path, how: str) -> None:
+def test_an_image_named_zarr_json_is_refused(tmp_path: Path, extract: Extract, how: str) -> None:
     """KEY3: it replaced the store's root metadata and the store could not be opened."""
     folder = tmp_path / "L"
     picture(folder / "zarr.png", (8, 8), 0).rename(folder / "zarr.json")
@@ -84,9 +90,9 @@ def test_an_image_named_zarr_json_is_refused(tmp_path: Path, how: str) -> None:
     (folder / "list.csv").write_text("path\nimg.png\nzarr.json\n")
     inputs = [folder / "list.csv"] if how == "list" else [folder / "zarr.json", folder / "img.png"]
     out = tmp_path / "zj.zarr"
-    done = extract(*inputs, "-l", "1", "-o", out)
-    assert done.returncode == 1
-    assert "Zarr keeps its own metadata under the name 'zarr.json'" in done.stderr
+    code, err = extract(*inputs, "-l", "1", "-o", out)
+    assert code == 1
+    assert "Zarr keeps its own metadata under the name 'zarr.json'" in err
     assert not out.exists()
 
 
