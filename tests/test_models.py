@@ -161,6 +161,18 @@ def test_pretrained_timm_fails_fast_when_no_hub_answers(
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
 
 
+def test_a_long_hub_error_is_shortened_between_words() -> None:
+    """M14's line cut the hub's text mid-word ("try aga")."""
+    from hypercolumns.models import _pretrained_error
+
+    hub = "We couldn't connect to 'https://huggingface.co' to load the files, " * 4 + "try again"
+    message = str(_pretrained_error("timm:resnet18", OSError(hub)))
+    reason = message.split("(no model hub reachable: ")[1].split(" ...)")[0]
+    assert hub.startswith(reason)
+    assert hub[len(reason)] == " "  # a whole word last
+    assert message.endswith("; pass a local state dict with weights=FILE (--weights FILE)")
+
+
 def test_a_checkpoint_with_objects_is_refused_in_our_words(tmp_path: Path) -> None:
     """W2: say that the file holds Python objects, was not unpickled, and how to convert it;
     never PyTorch's advice to pass weights_only=False."""

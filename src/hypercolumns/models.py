@@ -24,6 +24,7 @@ import pickle
 import re
 import socket
 import sys
+import textwrap
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -163,7 +164,8 @@ def _pretrained_error(spec: str, err: Exception) -> ModelError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ModelError(
         f"cannot download pretrained weights for {spec!r} (no model hub reachable: "
-        f"{reason[:160]}); pass a local state dict with weights=FILE (--weights FILE)"
+        f"{textwrap.shorten(reason, 160, placeholder=' ...')}); pass a local state dict with "
+        "weights=FILE (--weights FILE)"
     )
 
 
