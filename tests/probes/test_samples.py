@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from PIL import Image
 
 import hypercolumns as hc
 from hypercolumns.errors import ImageError, OptionError
-from hypercolumns.probes.samples import Standardizer, examples, sample
+from hypercolumns.probes.samples import Standardizer, examples, sample, stream_examples
 from tests.tiny_models import tiny
 
 
@@ -59,6 +61,37 @@ def test_paths_and_a_csv_with_masks(model, tmp_path) -> None:
     Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(ImageError, match=r"small.png.*5x5, its image 16x18"):
         examples(model, [tmp_path / "0.png"], [tmp_path / "small.png"])
+
+
+def test_a_stream_reads_each_image_when_it_comes(model, tmp_path, monkeypatch) -> None:
+    """``probe predict`` over a data set: one image in memory at a time, names known first."""
+    from hypercolumns.probes import samples
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 18, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png"
+        )
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    whole = examples(model, paths[:1])[0].image
+    read: list[str] = []
+    real = samples.load_image
+
+    def counted(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        read.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(samples, "load_image", counted)
+    stream = stream_examples(model, paths)
+    assert (stream.names, len(stream), read) == ([str(p) for p in paths], 3, [])
+    it = iter(stream)
+    first = next(it)
+    assert read == ["0.png"]
+    assert torch.equal(first.image, whole)
+    assert [Path(ex.name).name for ex in it] == ["1.png", "2.png"]
+    assert read == ["0.png", "1.png", "2.png"]
+    with pytest.raises(OptionError, match="3 images but 1 targets"):  # counts: at once
+        stream_examples(model, paths, [torch.zeros(16, 18, dtype=torch.long)])
 
 
 def test_bad_input(model) -> None:

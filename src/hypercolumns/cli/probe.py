@@ -288,13 +288,15 @@ def predict(
     from PIL import Image
 
     from hypercolumns.models import normalization
-    from hypercolumns.probes import load_probe
+    from hypercolumns.probes import load_probe, stream_examples
     from hypercolumns.probes.colour import colour_target, grey_input
 
     probe = load_probe(probe_path)
-    items = _items(probe, inputs, None)
+    prep = probe.meta["preprocessing"]
+    # one image in memory at a time: each is read when its turn comes
+    items = stream_examples(probe.model, inputs, resize=prep["resize"], crop=prep["crop"])
     seen: set[str] = set()
-    stems = [_stem(ex.name, seen) for ex in items]
+    stems = [_stem(name, seen) for name in items.names]
     norm = normalization(probe.model)
     colorize = bool(probe.meta.get("colorize"))
     created = not out.exists()

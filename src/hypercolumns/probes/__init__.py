@@ -13,13 +13,22 @@ from hypercolumns.probes.heads import Head, fit_head
 from hypercolumns.probes.kmeans import KMeans, fit_kmeans
 from hypercolumns.probes.pca_image import PCAImage, fit_pca_image
 from hypercolumns.probes.probe import Probe, build_model, fit_probe, load_probe
-from hypercolumns.probes.samples import Example, Samples, Standardizer, examples, sample
+from hypercolumns.probes.samples import (
+    Example,
+    ExampleStream,
+    Samples,
+    Standardizer,
+    examples,
+    sample,
+    stream_examples,
+)
 from hypercolumns.probes.scikit import skimage_features
 from hypercolumns.probes.similarity import Correspondence, correspond
 
 __all__ = [
     "Correspondence",
     "Example",
+    "ExampleStream",
     "Head",
     "KMeans",
     "PCAImage",
@@ -36,4 +45,5 @@ __all__ = [
     "load_probe",
     "sample",
     "skimage_features",
+    "stream_examples",
 ]

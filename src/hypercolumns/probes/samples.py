@@ -12,7 +12,7 @@ per-channel statistics fitted on them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -114,6 +114,70 @@ def _target(
     return t
 
 
+class ExampleStream:
+    """The examples of :func:`examples`, each image read when iteration reaches it, so that
+    one image at a time is in memory (``probe predict`` over a data set).
+
+    Attributes:
+        names: The images' names, in order, known before any is read.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        items: list[tuple[str, torch.Tensor | Path, Path | None]],
+        targets: Sequence[torch.Tensor | str | Path] | None,
+        resize: str | int | None,
+        crop: str | None,
+    ) -> None:
+        self._model, self._items, self._targets = model, items, targets
+        self._resize, self._crop = resize, crop
+        self.names = [name for name, _, _ in items]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Example]:
+        channels = input_channels(self._model)
+        resize, crop = self._resize, self._crop
+        for i, (name, source, mask) in enumerate(self._items):
+            if isinstance(source, torch.Tensor):
+                x, original = source, tuple(source.shape[-2:])
+            else:
+                x, prep = load_image(
+                    source, self._model, channels=channels, resize=resize, crop=crop
+                )
+                original = prep.original_size
+            size = (int(x.shape[-2]), int(x.shape[-1]))
+            given = mask if self._targets is None else self._targets[i]
+            target = (
+                None
+                if given is None
+                else _target(given, name, size, (int(original[0]), int(original[1])), resize, crop)
+            )
+            yield Example(name, x, target)
+
+
+def stream_examples(
+    model: nn.Module,
+    images: Images,
+    targets: Targets = None,
+    *,
+    resize: str | int | None = None,
+    crop: str | None = None,
+) -> ExampleStream:
+    """:func:`examples`, read one at a time as they are iterated: the inputs are listed and
+    the counts checked here, each image and target read (and its errors raised) when reached."""
+    items = _image_items(model, images, resize, crop)
+    if targets is not None and any(mask is not None for _, _, mask in items):
+        raise OptionError("give targets, or a CSV list with a mask column, not both")
+    if isinstance(targets, torch.Tensor):
+        targets = list(targets.unbind(0))
+    if targets is not None and len(targets) != len(items):
+        raise OptionError(f"{len(items)} images but {len(targets)} targets")
+    return ExampleStream(model, items, targets, resize, crop)
+
+
 def examples(
     model: nn.Module,
     images: Images,
@@ -139,30 +203,7 @@ def examples(
         OptionError: Shapes or counts that do not match, naming the image.
         ImageError: An unreadable image or mask, or a mask whose size differs from its image.
     """
-    items = _image_items(model, images, resize, crop)
-    if targets is not None and any(mask is not None for _, _, mask in items):
-        raise OptionError("give targets, or a CSV list with a mask column, not both")
-    if isinstance(targets, torch.Tensor):
-        targets = list(targets.unbind(0))
-    if targets is not None and len(targets) != len(items):
-        raise OptionError(f"{len(items)} images but {len(targets)} targets")
-    out = []
-    channels = input_channels(model)
-    for i, (name, source, mask) in enumerate(items):
-        if isinstance(source, torch.Tensor):
-            x, original = source, tuple(source.shape[-2:])
-        else:
-            x, prep = load_image(source, model, channels=channels, resize=resize, crop=crop)
-            original = prep.original_size
-        size = (int(x.shape[-2]), int(x.shape[-1]))
-        given = mask if targets is None else targets[i]
-        target = (
-            None
-            if given is None
-            else _target(given, name, size, (int(original[0]), int(original[1])), resize, crop)
-        )
-        out.append(Example(name, x, target))
-    return out
+    return list(stream_examples(model, images, targets, resize=resize, crop=crop))
 
 
 @dataclass(frozen=True)
