@@ -218,15 +218,6 @@ def fit(
     )
 
 
-def _items(probe: Any, inputs: list[str], targets: list[Path] | None) -> list[Any]:
-    from hypercolumns.probes import examples
-
-    prep = probe.meta["preprocessing"]
-    return examples(
-        probe.model, inputs, _targets(targets), resize=prep["resize"], crop=prep["crop"]
-    )
-
-
 def palette(k: int) -> list[int]:
     """A flat RGB palette of ``k`` (at most 256) well-separated colours (PASCAL VOC's)."""
     out = []
