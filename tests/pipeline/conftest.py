@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ from PIL import Image
 
 import hypercolumns as hc
 from hypercolumns.pipeline import Settings
+from tests.conftest import HERE
 
+SLOW = f"{HERE / 'tiny_models.py'}:slow_tiny"  # tiny, 0.05 s a forward pass
 SIZES = [(20, 16), (24, 18), (20, 16), (17, 23), (24, 18)]
 
 
@@ -37,3 +40,23 @@ def model_of(settings: Settings) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return hc.load_model(settings.model)
+
+
+def _threads(count: int) -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One PyTorch thread (no lanes), as a Ray actor of a 2-CPU instance: the same sums in the
+    same order, so stores of the two engines are equal to the bit."""
+    yield from _threads(1)
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Two PyTorch threads, where the local engine runs two lanes."""
+    yield from _threads(2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +15,8 @@ import hypercolumns as hc
 from hypercolumns.pipeline import Settings, expand_inputs, run
 from hypercolumns.pipeline.decoding import decode
 from hypercolumns.pipeline.extraction import Extraction
-from tests.conftest import HERE, TINY
-from tests.pipeline.conftest import model_of, picture
-
-SLOW = f"{HERE / 'tiny_models.py'}:slow_tiny"
-
-
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+from tests.conftest import TINY
+from tests.pipeline.conftest import SLOW, model_of, picture
 
 
 class Forwards:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +43,8 @@ from tests.cli.test_cli import assert_one_line_error
 from tests.cli.test_cli import run as cli
 from tests.conftest import HERE, TINY
 from tests.io.test_store import tree_bytes
-from tests.pipeline.conftest import model_of, picture
+from tests.pipeline.conftest import SLOW, model_of, picture
 from tests.tiny_models import tiny_hourglass, tiny_resnet, tiny_se, tiny_vgg
-
-SLOW = f"{HERE / 'tiny_models.py'}:slow_tiny"
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # -- inputs --------------------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import hypercolumns as hc
@@ -68,16 +67,6 @@ def ray_instance() -> Iterator[ModuleType]:
         finally:
             ray.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """The local engine with one PyTorch thread, as the Ray actors of a 2-CPU instance: the same
-    sums in the same order, so the two stores are equal to the bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
