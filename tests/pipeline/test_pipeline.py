@@ -446,9 +446,10 @@ def _commits(manifest: Path) -> int:
     return manifest.read_bytes().count(b"\n") if manifest.exists() else 0
 
 
-def _kill_after_commits(cmd: list[str], manifest: Path, commits: int) -> int:
-    """Start ``cmd``, SIGKILL it once ``commits`` manifest lines exist; the lines then."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _kill_after_commits(cmd: list[str], manifest: Path, commits: int, threads: int = 1) -> int:
+    """Start ``cmd`` with PyTorch on ``threads`` threads (two: the model in two lanes), SIGKILL
+    it once ``commits`` manifest lines exist; the lines then."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     try:
@@ -475,7 +476,8 @@ def test_killed_dense_run_then_rerun_equals_a_clean_run(
     args = ["extract", SLOW, str(images), "-l", "1,4", "--dtype", "float16", "--workers", "0",
             "--batch-size", "1"]  # fmt: skip
     cmd = [sys.executable, "-m", "hypercolumns", *args, "-o", str(killed)]
-    committed = _kill_after_commits(cmd, killed / st.BOOK / "manifest.jsonl", 3)
+    # two threads: killed while two lanes compute (the sparse run below has none)
+    committed = _kill_after_commits(cmd, killed / st.BOOK / "manifest.jsonl", 3, threads=2)
     assert 3 <= committed < 30, "the run must be killed in the middle"
     code, stdout, err = cli([*args, "-o", str(killed), "-f", "json"], capsys)
     assert code == 0, err
