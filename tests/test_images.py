@@ -136,6 +136,28 @@ def test_normalisation_comes_from_the_model(tmp_path: Path) -> None:
         load_image(path, net, std=[0.0])
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_8_bit_pixels_are_the_textbook_normalisation_bit_for_bit(tmp_path: Path, mode: str) -> None:
+    """8-bit pixels are scaled after being laid out as channels, and normalised in place: the
+    values must stay those of the plain route, float32 ``(pixel / 255 - mean) / std``."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    img = Image.fromarray(arr).convert(mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no PyTorch warning about PIL's read-only pixels
+        x, _ = load_image(_save(tmp_path, "p.png", img), channels=3, mean=[0.485, 0.456, 0.406],
+                          std=[0.229, 0.224, 0.225])  # fmt: skip
+    pixels = np.asarray(img, dtype=np.float32) / 255.0
+    pixels = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+    plain = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    plain = (plain - torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).reshape(1, 3, 1, 1)
+    assert x.is_contiguous()
+    assert x.dtype == torch.float32
+    assert torch.equal(x, plain)
+
+
 def test_unnormalize_round_trips(tmp_path: Path) -> None:
     import torchvision
 

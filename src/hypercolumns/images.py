@@ -148,9 +148,10 @@ def _read(path: Path) -> tuple[Image.Image, str, bool, int]:
         raise ImageError(f"cannot read image {str(path)!r}: {reason}") from err
 
 
-def _pixels(img: Image.Image) -> tuple[np.ndarray[Any, np.dtype[np.float32]], float, bool]:
-    """``(H, W, C)`` float32 in ``[0, 1]`` with C 1 or 3, the scale used, and whether an alpha
-    channel was composited."""
+def _pixels(img: Image.Image) -> tuple[np.ndarray[Any, Any], float, bool]:
+    """``(H, W, C)`` pixels with C 1 or 3: float32 in ``[0, 1]``, or uint8 still to be divided
+    by the scale (8-bit images, scaled once laid out as channels, in one pass); the scale, and
+    whether an alpha channel was composited."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         raw = np.asarray(img, dtype=np.float64)
@@ -173,15 +174,20 @@ def _pixels(img: Image.Image) -> tuple[np.ndarray[Any, np.dtype[np.float32]], fl
         img = img.convert("L")
     elif mode != "RGB":
         img = img.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV...
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = np.asarray(img)
     if arr.ndim == 2:
         arr = arr[..., None]
     return arr, 255.0, has_alpha
 
 
-def _to_channels(arr: np.ndarray[Any, np.dtype[np.float32]], channels: int) -> torch.Tensor:
-    """``(H, W, C)`` pixels as a ``(1, channels, H, W)`` tensor."""
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+def _to_channels(arr: np.ndarray[Any, Any], scale: float, channels: int) -> torch.Tensor:
+    """``(H, W, C)`` pixels (see :func:`_pixels`) as a ``(1, channels, H, W)`` float32 tensor
+    in ``[0, 1]``."""
+    if arr.dtype == np.uint8:  # laid out as channels first, a quarter of the bytes to move
+        x = torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C")).float()[None]
+        x.div_(scale)  # the same float32 division as numpy's
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
     if x.shape[1] == channels:
         return x
     if channels == 3:
@@ -377,14 +383,15 @@ def load_image(
         check_decoded_size(Path(path), channels, resize_s, max_bytes, budget_name)
     img, mode, exif_transposed, frames = _read(Path(path))
     arr, scale, composited = _pixels(img)
-    x = _to_channels(arr, channels)
+    x = _to_channels(arr, scale, channels)
     original = (int(x.shape[2]), int(x.shape[3]))
     crop_s = None if crop is None or crop == "none" else crop
     if resize_s is not None:
         x = resized(x, resize_s, interp)
     if crop_s is not None:
         x = cropped(x, crop_s)
-    x = (x - torch.tensor(mean_c).reshape(1, -1, 1, 1)) / torch.tensor(std_c).reshape(1, -1, 1, 1)
+    x = x.contiguous()  # normalised in place: the same arithmetic, no more copies
+    x.sub_(torch.tensor(mean_c).reshape(1, -1, 1, 1)).div_(torch.tensor(std_c).reshape(1, -1, 1, 1))
     record = Preprocessing(
         path=str(path),
         mode=mode,
@@ -402,4 +409,4 @@ def load_image(
         normalization=source,
         frames=frames,
     )
-    return x.float().contiguous(), record
+    return x, record
