@@ -159,6 +159,7 @@ class Extraction:
         )
         self._plans: _PlanCache[HypercolumnExtractor] = _PlanCache()
         self._bands: _PlanCache[BandedHypercolumns] = _PlanCache()
+        self._costs: dict[tuple[tuple[int, int], int | None], int] = {}  # see cost
         self._banding: str | None = None  # why bands cannot be used ("": they can)
 
     def config(self, *, labels: bool = False) -> dict[str, Any]:
@@ -240,12 +241,16 @@ class Extraction:
         Raises:
             HypercolumnsError: It cannot be computed (e.g. too small for the model).
         """
-        ext = self._plan(_size(item))
-        n = None if item.points is None else len(item.points)
-        cost = working_set(ext, ext.input_size[0], points=n)
-        if n is None and ext.size != ext.input_size:  # the output has --size rows, not H
-            item_bytes = (ext.dtype or torch.float32).itemsize
-            cost += 2 * ext.channels * item_bytes * (ext.size[0] - ext.input_size[0]) * ext.size[1]
+        size, n = _size(item), None if item.points is None else len(item.points)
+        ext = self._plan(size)
+        cost = self._costs.get((size, n))  # a few calls per image, each walking the layers
+        if cost is None:
+            cost = working_set(ext, ext.input_size[0], points=n)
+            if n is None and ext.size != ext.input_size:  # the output has --size rows, not H
+                item_bytes = (ext.dtype or torch.float32).itemsize
+                cost += (2 * ext.channels * item_bytes * (ext.size[0] - ext.input_size[0])
+                         * ext.size[1])  # fmt: skip
+            self._costs[(size, n)] = cost
         return cost
 
     def fits_within(self, batch: Sequence[Decoded], budget: int) -> bool:
