@@ -357,6 +357,12 @@ def slow_tiny() -> nn.Sequential:
     return nn.Sequential(_Slow(), *tiny())
 
 
+def slow_to_build() -> nn.Sequential:
+    """:func:`tiny` that takes 1.2 s to build (as a large model's library takes to import)."""
+    time.sleep(1.2)
+    return tiny()
+
+
 def tiny_hourglass() -> nn.Sequential:
     """Down by 4 with strided convolutions, back up by a stride-4 transposed convolution: the
     output has stride 1, the layers in between stride 2 and 4."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -35,6 +35,9 @@ from hypercolumns.cli._options import (
 from hypercolumns.cli._render import progress_callback, rate_progress, stderr, stdout
 from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
 from hypercolumns.features.align import check_align
+
+if TYPE_CHECKING:
+    from hypercolumns.pipeline import RunSummary
 
 __all__ = ["extract"]
 
@@ -327,6 +330,19 @@ def _to_file(
     stdout.print(f"wrote {', '.join(str(p) for p in written.paths)}", highlight=False)
 
 
+def _rate(summary: RunSummary) -> str:
+    """The summary's rate: after the set-up (the model's library imported, the model built, its
+    weights hashed), which is what a longer run keeps, when the set-up took a while."""
+    if summary.done + len(summary.failed) == 0:
+        return ""
+    if summary.setup_seconds < 1:
+        return f" ({summary.images_per_second:.1f} img/s)"
+    return (
+        f" (set-up {summary.setup_seconds:.1f} s, then "
+        f"{summary.computing_images_per_second:.1f} img/s)"
+    )
+
+
 def _to_store(
     model: str,
     inputs: list[str],
@@ -408,8 +424,8 @@ def _to_store(
         stdout.print(
             f"{summary.store}: {summary.done} image(s) written"
             + (f" ({', '.join(extra)})" if extra else "")
-            + f", {summary.bytes_written / 1e6:.1f} MB in {summary.seconds:.1f} s "
-            f"({summary.images_per_second:.1f} img/s)",
+            + f", {summary.bytes_written / 1e6:.1f} MB in {summary.seconds:.1f} s"
+            + _rate(summary),
             highlight=False,
         )
         for failure in summary.failed[:10]:
