@@ -597,3 +597,38 @@ def test_a_signalled_run_commits_what_is_complete_and_says_so(
     a, b = (t.sort_values(["key", "y", "x"]).reset_index(drop=True) for t in (a, b))
     assert a["key"].tolist() == b["key"].tolist()
     np.testing.assert_array_equal(np.stack(a["features"]), np.stack(b["features"]))
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_a_signal_during_a_store_write_waits_for_it(
+    folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    one_thread: None,
+    kind: str,
+) -> None:
+    """SIGTERM in the middle of a store write stopped it there: Zarr's coroutines went on without
+    the run and printed "Task was destroyed but it is pending!" after its last line, and a
+    Parquet part being committed was dropped with all its images. The write now ends first: the
+    image (dense) or the part (sparse) under way is committed, then the run stops."""
+    if kind == "dense":
+        method, out, extra = st.DenseSlot, tmp_path / "d.zarr", []
+        name = "write"
+    else:
+        from hypercolumns.io.store._part import PartFile
+
+        method, out, extra, name = PartFile, tmp_path / "s.parquet", ["-p", "5"], "finish"
+    original = getattr(method, name)
+
+    def signalled(self: object, *args: object, **kwargs: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives here, in the middle of the write
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(method, name, signalled)
+    args = ["extract", TINY, str(folder), "-l", "1,4", *extra, "--batch-size", "1", "-o", str(out)]
+    code, _, err = cli(args, capsys)
+    assert code == 128 + signal.SIGTERM
+    kept = 1 if kind == "dense" else 5  # the first image; the one part, with every image
+    assert err.strip().splitlines()[-1].startswith(f"interrupted (SIGTERM): {out} keeps {kept} ")
+    assert len(hc.open_store(out)) == kept

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
+from hypercolumns._interrupts import interrupt
 from hypercolumns.cli._render import stderr
 
 __all__ = ["installed", "interrupted", "received"]
@@ -19,13 +20,14 @@ _received: list[signal.Signals] = []
 
 def _raise(signum: int, frame: Any) -> None:
     _received.append(signal.Signals(signum))
-    raise KeyboardInterrupt
+    interrupt()  # at once, or once the store write under way is complete
 
 
 @contextmanager
 def installed() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into ``KeyboardInterrupt`` inside the block, remembering which
-    came; the handlers before are restored after."""
+    """Turn SIGINT and SIGTERM into ``KeyboardInterrupt`` inside the block (after the store
+    write under way, see :mod:`hypercolumns._interrupts`), remembering which came; the handlers
+    before are restored after."""
     _received.clear()
     before = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

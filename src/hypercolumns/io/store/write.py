@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from hypercolumns._atomic import leftovers, writer_tag
+from hypercolumns._interrupts import uninterrupted
 from hypercolumns.errors import StoreError
 from hypercolumns.io.store import _book
 from hypercolumns.io.store._book import BOOK, PENDING, Kind, store_kind
@@ -256,16 +257,17 @@ class DenseSlot:
         self.key, self.shape, self.dtype, self.record = key, shape, dtype, dict(record)
         self.dir = writer._staging()
         self.rows_written = 0
-        self.array = zarr.create_array(
-            store=str(self.dir),
-            shape=shape,
-            chunks=_chunks(shape, np.dtype(dtype).itemsize, chunk_rows),
-            dtype=dtype,
-            compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
-            fill_value=0,
-            attributes={"hypercolumns": {"key": key, **self.record}},
-            dimension_names=("channel", "y", "x"),
-        )
+        with uninterrupted():  # Zarr's coroutines are not cut off by Ctrl-C
+            self.array = zarr.create_array(
+                store=str(self.dir),
+                shape=shape,
+                chunks=_chunks(shape, np.dtype(dtype).itemsize, chunk_rows),
+                dtype=dtype,
+                compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+                fill_value=0,
+                attributes={"hypercolumns": {"key": key, **self.record}},
+                dimension_names=("channel", "y", "x"),
+            )
 
     def write(self, row: int, band: np.ndarray[Any, Any]) -> None:
         """Write ``band`` ``(C, rows, W)`` at output rows ``row`` to ``row + rows``."""
@@ -275,7 +277,8 @@ class DenseSlot:
                 f"a band of shape {band.shape} at row {row} does not fit image {self.key!r} "
                 f"of shape {self.shape}"
             )
-        self.array[:, row : row + band.shape[1], :] = band
+        with uninterrupted():
+            self.array[:, row : row + band.shape[1], :] = band
         self.rows_written += band.shape[1]
 
 
@@ -313,6 +316,10 @@ class DenseWriter(StoreWriter):
 
     def commit(self, slot: DenseSlot) -> None:
         """Move a fully written image into place and commit it."""
+        with uninterrupted():
+            self._commit_slot(slot)
+
+    def _commit_slot(self, slot: DenseSlot) -> None:
         import zarr
 
         if slot.rows_written != slot.shape[1]:
@@ -356,13 +363,14 @@ class DenseWriter(StoreWriter):
                 f"{features.shape}"
             )
         shape = (features.shape[0], features.shape[1], features.shape[2])
-        slot = self.begin(result.key, shape, str(features.dtype), result.record)
-        try:
-            slot.write(0, features)
-            self.commit(slot)
-        except BaseException:
-            self.abort(slot)
-            raise
+        with uninterrupted():  # an image written whole is committed before Ctrl-C stops the run
+            slot = self.begin(result.key, shape, str(features.dtype), result.record)
+            try:
+                slot.write(0, features)
+                self.commit(slot)
+            except BaseException:
+                self.abort(slot)
+                raise
 
 
 class SparseWriter(StoreWriter):
@@ -439,6 +447,10 @@ class SparseWriter(StoreWriter):
             self.flush()
 
     def flush(self) -> None:
+        with uninterrupted():  # Ctrl-C during a commit would drop the part's images
+            self._flush()
+
+    def _flush(self) -> None:
         part, self._part = self._part, None
         if part is None:
             return
