@@ -215,9 +215,10 @@ def extract(
 
     **Stores** (many images, resumable): **NAME.zarr**, one (C, H, W) array per image;
     **NAME.parquet** (with --points N), rows of key, y, x, (label,) features. Images are
-    decoded in --workers processes while the model runs (on a CPU by default between
-    forward passes); each image is committed on its own, so rerunning the same command
-    skips what is done, also after a crash. Unreadable images are recorded and skipped
+    decoded while the model runs (in --workers processes; on a CPU by default in a thread).
+    Commits: .zarr each image, .parquet a part of up to 1024 images, 64 MiB or 60 s (Ctrl-C
+    and SIGTERM commit what is done first); rerunning the same command skips what is
+    committed, also after a crash. Unreadable images are recorded and skipped
     (exit code 1 when any failed). Dense images too large for --max-memory are computed in
     bands. See docs/stores.md. With --engine ray the same run is a Ray Data pipeline, on
     this machine or a Ray cluster: see docs/ray.md.
