@@ -6,6 +6,8 @@ network that the requested layers depend on is computed. Values are those the mo
 an output that a later in-place op (``ReLU(inplace=True)``) would overwrite is cloned in the
 hook, and only then (a run on meta tensors finds out which, and every real run checks the
 tensors' version counters, running again with a clone should the model behave differently).
+On a CPU, 2-D max pooling in these passes takes a faster route with equal results
+(:mod:`hypercolumns.features._pooling`); the model itself is never changed.
 
 Vision transformers: a token output ``(B, 1 + N, C)`` is read as a ``(B, C, H/p, W/p)`` map with
 the class (and any register) tokens dropped. The class token itself is the pseudo-layer
@@ -30,6 +32,7 @@ from torch.utils._pytree import tree_map
 from hypercolumns._checks import image_batch, parse_size
 from hypercolumns._forward import StopForward, evaluating, first_tensor, hooked
 from hypercolumns.errors import HypercolumnsError, InputSizeError, ModelError
+from hypercolumns.features._pooling import FastMaxPool
 from hypercolumns.models import input_channels
 from hypercolumns.rf.layers import CLS, Layer, LayerSpec, select
 from hypercolumns.rf.layers import layers as list_layers
@@ -153,6 +156,7 @@ class FeatureExtractor:
             hooked(self._modules, make_hook),
             evaluating(self.model),
             torch.no_grad(),
+            FastMaxPool(),
             suppress(StopForward),
         ):
             self.model(x)
