@@ -10,7 +10,8 @@ Side by side in one process, interleaved, on the CPU:
   timed);
 * whole forward passes of torchvision models (random weights, one 320x240 image): plain, and
   under the mode; the prefixes of the pipeline benchmark (vgg16 to ``features.8``, resnet18 to
-  ``layer2``) and full resnet50 and vgg16.
+  ``layer2``), full resnet50 and vgg16, and ViT-B/16 (224x224), which has no pooling: what the
+  mode's Python dispatch costs.
 
 Every pair is checked equal (``torch.equal``) before it is timed. Prints milliseconds (the
 median of the rounds) and the ratio plain / ours (above 1: ours faster).
@@ -58,14 +59,16 @@ def prefix(model: nn.Module, last: str) -> nn.Module:
     raise SystemExit(f"no child {last!r}")
 
 
-def models() -> list[tuple[str, nn.Module]]:
+def models() -> list[tuple[str, nn.Module, tuple[int, int]]]:
+    """Name, model, input size; ViT-B/16 has no pooling: the mode's own cost."""
     torch.manual_seed(0)
     vgg, r18 = torchvision.models.vgg16(), torchvision.models.resnet18()
     return [
-        ("vgg16 to features.8", vgg.features[:9]),
-        ("resnet18 to layer2", prefix(r18, "layer2")),
-        ("resnet50", torchvision.models.resnet50()),
-        ("vgg16", vgg),
+        ("vgg16 to features.8", vgg.features[:9], (240, 320)),
+        ("resnet18 to layer2", prefix(r18, "layer2"), (240, 320)),
+        ("resnet50", torchvision.models.resnet50(), (240, 320)),
+        ("vgg16", vgg, (240, 320)),
+        ("vit_b_16 (224x224, no pooling)", torchvision.models.vit_b_16(), (224, 224)),
     ]
 
 
@@ -126,10 +129,9 @@ def main() -> None:
                     print(f"  {what + f', batch {batch}':34s} {ms['PyTorch']:8.2f} "
                           f"{ms['ours']:7.2f} {ms['NHWC']:7.2f}  "
                           f"{ms['PyTorch'] / ms['ours']:5.2f}")  # fmt: skip
-            print(f"  {'forward, one 320x240 image':34s} {'plain':>8s} {'ours':>7s}")
-            image = torch.randn(1, 3, 240, 320)
-            for name, net in nets:
-                forward = functools.partial(net.eval(), image)
+            print(f"  {'forward, one image (320x240)':34s} {'plain':>8s} {'ours':>7s}")
+            for name, net, size in nets:
+                forward = functools.partial(net.eval(), torch.randn(1, 3, *size))
                 methods = {"plain": forward, "ours": under_mode(forward)}
                 check_equal(methods)
                 ms = timed(methods, args.rounds)
