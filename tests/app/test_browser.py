@@ -144,6 +144,26 @@ def test_click_scribble_upload_in_a_browser(served: str, tmp_path: Path) -> None
             str(picture)
         )
         assert wait_status(page, old) == "stripes.png 64x96: click a pixel"
+        # the dropdown says which image is shown (it said the first one offered)
+        page.wait_for_function(
+            "() => document.querySelector('#hc-pick input').value === 'uploaded: stripes.png'",
+            timeout=30_000,
+        )
+
+        # a second image uploaded: compared, and named in its dropdown (which said "none")
+        assert page.locator("#hc-target-pick input").input_value() == "none"
+        old = status_of(page)
+        page.locator("#hc-target-upload").locator("xpath=..").locator(
+            "input[type=file]"
+        ).set_input_files(str(picture))
+        assert wait_status(page, old) == "second image: stripes.png 64x96"
+        page.wait_for_function(
+            "() => document.querySelector('#hc-target-pick input').value"
+            " === 'uploaded: stripes.png'",
+            timeout=30_000,
+        )
+        if shots:
+            page.screenshot(path=str(Path(shots) / "uploads.png"), full_page=True)
 
         bad = tmp_path / "notes.png"
         bad.write_text("not an image")

@@ -66,6 +66,7 @@ _CSS = """
 #hc-match { font-size: 0.85em; }
 """
 _NO_TARGET = "none"
+_UPLOADED = "<uploaded>"  # the dropdowns' value for an uploaded image, while it is shown
 
 
 def missing_gradio() -> str | None:
@@ -140,6 +141,12 @@ def build(explorer: Explorer) -> gr.Blocks:
 
     def image_labels() -> list[tuple[str, str]]:
         return [(p.name, str(p)) for p in explorer.images]
+
+    def offered(*first: tuple[str, str], chosen: str = _UPLOADED, uploaded: str = "") -> Any:
+        """A dropdown's update: ``first``, then the uploaded image while it is the one shown
+        (named ``uploaded``, and chosen), then the images offered; ``chosen`` the value."""
+        upload = [(f"uploaded: {uploaded}", _UPLOADED)] if uploaded else []
+        return gr.update(choices=[*first, *upload, *image_labels()], value=chosen)
 
     with gr.Blocks(title=f"hypercolumns explore: {explorer.name}", analytics_enabled=False) as page:
         state = gr.State(None)
@@ -387,18 +394,21 @@ def build(explorer: Explorer) -> gr.Blocks:
         ) -> tuple[Any, ...]:
             if not path:
                 raise HypercolumnsError("no file was uploaded")
-            s = current(st)
-            return on_target(s.with_target(explorer.open(path)), where)
+            target = explorer.open(path)
+            shown_now = on_target(current(st).with_target(target), where)
+            return (*shown_now, offered(("none", _NO_TARGET), uploaded=target.name))
 
         def on_target_pick(
             choice: str, st: State | None, where: tuple[int, int] | None
         ) -> tuple[Any, ...]:
             s = current(st)
-            if choice == _NO_TARGET:
-                return on_target(s.with_target(None), where)
-            if choice not in image_choices():
+            if choice == _UPLOADED:  # the uploaded image, compared already
+                return (gr.skip(),) * 5
+            if choice != _NO_TARGET and choice not in image_choices():
                 raise HypercolumnsError(f"{choice!r} is not one of the images offered")
-            return on_target(s.with_target(explorer.open(choice)), where)
+            target = None if choice == _NO_TARGET else explorer.open(choice)
+            shown_now = on_target(s.with_target(target), where)
+            return (*shown_now, offered(("none", _NO_TARGET), chosen=choice))
 
         def on_pca(st: State | None) -> tuple[Any, ...]:
             return (handlers.pca_image(current(st)), gr.skip())
@@ -454,13 +464,17 @@ def build(explorer: Explorer) -> gr.Blocks:
             if not path:
                 raise HypercolumnsError("no file was uploaded")
             s = explorer.open(path, spec or None).with_target(current(st).target)
-            return shown(s, f"{s.name} {s.size[0]}x{s.size[1]}: click a pixel")
+            shown_now = shown(s, f"{s.name} {s.size[0]}x{s.size[1]}: click a pixel")
+            return (*shown_now, offered(uploaded=s.name))
 
         def on_pick(choice: str, st: State | None, spec: str) -> tuple[Any, ...]:
+            if choice == _UPLOADED:  # the uploaded image, shown already
+                return (gr.skip(),) * (len(shown_out) + 1)
             if choice not in image_choices():
                 raise HypercolumnsError(f"{choice!r} is not one of the images offered")
             s = explorer.open(choice, spec or None).with_target(current(st).target)
-            return shown(s, f"{s.name} {s.size[0]}x{s.size[1]}: click a pixel")
+            shown_now = shown(s, f"{s.name} {s.size[0]}x{s.size[1]}: click a pixel")
+            return (*shown_now, offered(chosen=choice))
 
         def on_layers(spec: str, st: State | None) -> tuple[Any, ...]:
             s = current(st).with_layers(spec)
@@ -518,15 +532,15 @@ def build(explorer: Explorer) -> gr.Blocks:
             show_progress_on=erf_view,
         )
         upload.upload(
-            guarded(on_upload, len(shown_out), status_in_shown),
+            guarded(on_upload, len(shown_out) + 1, status_in_shown),
             [upload, state, layers_text],
-            shown_out,
+            [*shown_out, pick],
             api_name="upload",
         )
         pick.input(
-            guarded(on_pick, len(shown_out), status_in_shown),
+            guarded(on_pick, len(shown_out) + 1, status_in_shown),
             [pick, state, layers_text],
-            shown_out,
+            [*shown_out, pick],
             api_name="pick_image",
         )
         layers_text.submit(
@@ -556,15 +570,15 @@ def build(explorer: Explorer) -> gr.Blocks:
             show_progress_on=mean_view,
         )
 
-        target_out = [state, target_view, match, status]
+        target_out = [state, target_view, match, status, target_pick]
         target_upload.upload(
-            guarded(on_target_upload, 4, 3),
+            guarded(on_target_upload, 5, 3),
             [target_upload, state, clicked],
             target_out,
             api_name="upload_target",
         )
         target_pick.input(
-            guarded(on_target_pick, 4, 3),
+            guarded(on_target_pick, 5, 3),
             [target_pick, state, clicked],
             target_out,
             api_name="pick_target",
