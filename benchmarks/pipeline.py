@@ -12,11 +12,12 @@ interleaved round after round:
   the ceiling of the model as the library runs it, against which ``ours`` measures what the
   pipeline costs around the model;
 * ``plain loop``: per image, PIL, normalise, the *full* forward with hooks on the two layers,
-  ``F.interpolate`` of each map to the image, 1024 pixels taken, ``np.save``: the loop people
-  write without this library (as the hypercolumn blog posts do);
+  ``F.interpolate`` of each map to the image, 1024 pixels taken, ``np.savez`` of their features
+  and their pixels (what any store keeps): the loop people write without this library (as the
+  hypercolumn blog posts do);
 * ``library loop``: per image, ``hc.load_image`` (open with PIL, preprocess),
-  ``hc.hypercolumns(model, x, [3, 8], points=1024)``, ``np.save`` one ``.npy``: what the
-  README's quick start leads to;
+  ``hc.hypercolumns(model, x, [3, 8], points=1024)``, ``np.savez`` of the features and the
+  points into one ``.npz``: what the README's quick start leads to;
 * ``library loop, planned``: the same with one ``hc.HypercolumnExtractor`` planned once;
 * ``ours``: :func:`hypercolumns.pipeline.run` with its defaults (on a CPU: batch size 1,
   decoding in the main process; ``--workers N`` for DataLoader workers) into a ``.parquet``
@@ -149,7 +150,7 @@ def model_only(model: torch.nn.Module, paths: list[Path], batch: int, pooling: b
 
 def plain_loop(model: torch.nn.Module, paths: list[Path], out: Path) -> float:
     """The loop people write without this library: PIL, normalise, the full forward with
-    hooks on the two layers, each map upsampled to the image, 1024 pixels taken, ``np.save``."""
+    hooks on the two layers, each map upsampled to the image, 1024 pixels taken, ``np.savez``."""
     out.mkdir(parents=True, exist_ok=True)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -179,7 +180,8 @@ def plain_loop(model: torch.nn.Module, paths: list[Path], out: Path) -> float:
                 ]
                 for n in names
             ]
-            np.save(out / f"{path.stem}.npy", torch.cat(columns).T.numpy())
+            features = torch.cat(columns).T.numpy()
+            np.savez(out / f"{path.stem}.npz", features=features, points=torch.stack([ys, xs], 1))
     finally:
         for hook in hooks:
             hook.remove()
@@ -199,7 +201,8 @@ def library_loop(model: torch.nn.Module, paths: list[Path], out: Path, planned: 
             result = extractors[size](x, POINTS, seed=i)  # type: ignore[operator]
         else:
             result = hc.hypercolumns(model, x, layer_list(LAYERS), points=POINTS, seed=i)
-        np.save(out / f"{path.stem}.npy", result.features[0].numpy())
+        assert result.points is not None
+        np.savez(out / f"{path.stem}.npz", features=result.features[0], points=result.points[0])
     return len(paths) / (time.perf_counter() - start)
 
 
