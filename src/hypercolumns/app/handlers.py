@@ -492,10 +492,12 @@ def _names(state: State) -> list[str]:
 
 def pca_rgb(state: State, points: int = 1000) -> torch.Tensor:
     """The first three principal components of the image's hypercolumns as RGB ``(3, H, W)``
-    in ``[0, 1]``: ``hc.fit_pca_image(model, state.x, layers, points=points).rgb(state.x)``."""
+    in ``[0, 1]``: ``hc.fit_pca_image(model, state.x, layers, points=points).rgb(state.x)``,
+    drawn through the kept maps (without a second forward pass)."""
     with state.explorer.running():
         fitted = fit_pca_image(state.explorer.model, state.x, _names(state), points=points)
-        return fitted.rgb(state.x)[0]
+    with torch.no_grad():
+        return state.maps.linear(fitted.rgb_map)[0].clamp_(0, 1)
 
 
 def pca_image(state: State, points: int = 1000) -> Array:

@@ -73,6 +73,12 @@ class PCAImage:
             bias = (bias - self.low.double()) / span
         return LinearMap.split(comps.float(), self.slices, bias, mean=self.mean, std=self.std)
 
+    @property
+    def rgb_map(self) -> LinearMap:
+        """The three components, scaled so the fitted range is ``[0, 1]``, as a map of the raw
+        hypercolumn, one block per layer: :meth:`rgb` is it, clipped."""
+        return self._map(True)
+
     def project(self, x: torch.Tensor, *, rows: int | None = None) -> torch.Tensor:
         """``(B, 3, H, W)``: the three components at every pixel of ``x`` ``(B, C, H, W)``,
         unscaled; ``rows`` computes one image in bands of that many rows."""
@@ -83,7 +89,7 @@ class PCAImage:
         """``(B, 3, H, W)`` in ``[0, 1]``: the components scaled by the fitted range and
         clipped, red the first."""
         names = [layer.name for layer in self.layers]
-        out = apply(self.model, x, names, self._map(True), align=self.align, rows=rows)
+        out = apply(self.model, x, names, self.rgb_map, align=self.align, rows=rows)
         return out.clamp_(0, 1)
 
     def transform(self, features: torch.Tensor) -> torch.Tensor:
