@@ -4,6 +4,8 @@ refused with one clear line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -228,6 +230,25 @@ def test_from_a_sparse_store_with_labels(tmp_path) -> None:
     assert p.meta["weights"] == "random (seed 0)"
     scores = p.evaluate(tmp_path / "list.csv")
     assert scores["pixel_accuracy"] > 0.8, scores
+    # a data set is scored one image at a time: each read when its turn comes
+    events: list[str] = []
+    from hypercolumns.probes import samples
+
+    real_read, real_segment = samples.load_image, p.segment
+
+    def read(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append(f"read {Path(path).name}")
+        return real_read(path, *args, **kwargs)
+
+    def segment(x):  # type: ignore[no-untyped-def]
+        events.append("segment")
+        return real_segment(x)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(samples, "load_image", read)
+        mp.setattr(p, "segment", segment)
+        assert p.evaluate(tmp_path / "list.csv") == scores
+    assert events == ["read 0.png", "segment", "read 1.png", "segment", "read 2.png", "segment"]
     with pytest.raises(OptionError, match="holds layers"):
         hc.fit_probe(None, tmp_path / "hc.parquet", layers=[0])
 

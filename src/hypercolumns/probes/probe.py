@@ -48,6 +48,7 @@ from hypercolumns.probes.samples import (
     Targets,
     examples,
     sample,
+    stream_examples,
 )
 from hypercolumns.rf.layers import LayerSpec
 
@@ -309,11 +310,16 @@ class Probe:
             ``rmse``, ``psnr`` (dB, peak 1: values in ``[0, 1]``), ``values``, ``images``.
             Pixels labelled ``ignore_index`` are not counted.
         """
-        items = self._examples(images, targets)
+        prep = self.meta["preprocessing"]
+        items = stream_examples(
+            self.model, images, targets, resize=prep["resize"], crop=prep["crop"]
+        )  # one image at a time in memory, however many are scored
         ignore = int(self.meta["ignore_index"])
         score: Confusion | SquaredError
         score = Confusion(self.classes) if self.task == "classify" else SquaredError(1.0)
         for i, ex in enumerate(items):
+            if self.meta.get("colorize"):
+                ex = _colorized(self.model, ex)
             if ex.target is None:
                 raise OptionError(f"{ex.name} has no target to evaluate against")
             if isinstance(score, Confusion):
@@ -325,13 +331,6 @@ class Probe:
             if progress is not None:
                 progress(i + 1, len(items))
         return score.scores()
-
-    def _examples(self, images: Images, targets: Targets) -> list[Example]:
-        prep = self.meta["preprocessing"]
-        items = examples(self.model, images, targets, resize=prep["resize"], crop=prep["crop"])
-        if self.meta.get("colorize"):
-            return _colorized(self.model, items)
-        return items
 
     # -- saving ----------------------------------------------------------------------------------
 
@@ -445,17 +444,18 @@ def _check_values(ex: Example, k: int | None, whose: str) -> None:
         )
 
 
-def _colorized(model: nn.Module, items: Sequence[Example]) -> list[Example]:
+def _colorized(model: nn.Module, ex: Example) -> Example:
+    """``ex`` as a colorization example: the grey input, its colours the target."""
+    if ex.image.shape[1] != 3:
+        raise OptionError(
+            f"colorization needs colour (3-channel) inputs, {ex.name} has {ex.image.shape[1]}"
+        )
     norm = normalization(model)
-    out = []
-    for ex in items:
-        if ex.image.shape[1] != 3:
-            raise OptionError(
-                f"colorization needs colour (3-channel) inputs, {ex.name} has {ex.image.shape[1]}"
-            )
-        target = colour_target(ex.image, norm.mean, norm.std)
-        out.append(Example(ex.name, grey_input(ex.image, norm.mean, norm.std), target))
-    return out
+    return Example(
+        ex.name,
+        grey_input(ex.image, norm.mean, norm.std),
+        colour_target(ex.image, norm.mean, norm.std),
+    )
 
 
 def _weights_record(
@@ -692,7 +692,7 @@ def fit_probe(
         assert not isinstance(images, SparseStore)
         items = examples(net, images, targets, resize=resize, crop=crop)
         if colorize:
-            items = _colorized(net, items)
+            items = [_colorized(net, ex) for ex in items]
         missing = [ex.name for ex in items if ex.target is None]
         if missing:
             raise OptionError(f"{missing[0]} has no target (give targets, or a CSV mask column)")
