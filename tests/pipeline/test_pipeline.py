@@ -526,6 +526,50 @@ def test_killed_dense_run_then_rerun_equals_a_clean_run(
     assert not (killed / st.BOOK / "staging").exists()
 
 
+def _state_and_parent(pid: int) -> tuple[str, int]:
+    """The process's state letter and parent, from /proc (``("X", 0)`` once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return "X", 0
+    return fields[0], int(fields[1])
+
+
+def _alive(pid: int) -> bool:
+    return _state_and_parent(pid)[0] not in "ZX"  # a zombie is dead, not reaped yet
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; the workers die so on Linux")
+def test_decoding_workers_die_with_a_killed_run(tmp_path: Path) -> None:
+    """kill -9 of a run with DataLoader workers takes them at once (they outlived it by 5-8 s,
+    until PyTorch's check of their parent)."""
+    images = tmp_path / "images"
+    for i in range(30):
+        picture(images / f"{i:02d}.png", (20, 16), i)
+    out = tmp_path / "w.zarr"
+    cmd = [sys.executable, "-m", "hypercolumns", "extract", SLOW, str(images), "-l", "1,4",
+           "--workers", "2", "-o", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while _commits(out / st.BOOK / "manifest.jsonl") < 1:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the run never committed"
+            time.sleep(0.01)
+        pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+        children = [pid for pid in pids if _alive(pid) and _state_and_parent(pid)[1] == proc.pid]
+        assert len(children) >= 2, children  # the two workers (and Python's helpers, if any)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 2
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in children), "workers outlived the killed run"
+
+
 @pytest.mark.slow
 def test_killed_sparse_run_then_rerun_equals_a_clean_run(tmp_path: Path, one_thread: None) -> None:
     images = tmp_path / "images"
