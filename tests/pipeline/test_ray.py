@@ -305,6 +305,38 @@ def test_reachability_is_checked_in_seconds(form: str, monkeypatch: pytest.Monke
     assert time.monotonic() - start < _ray.CONNECT_TIMEOUT + 1
 
 
+def test_a_server_that_is_no_ray_head_is_one_line_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RY6 again: where another service answers at the address (here a gRPC server without
+    Ray's services, and a server that accepts and says nothing), Ray retried for 30 s with a log
+    line a second."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    server = grpc.server(ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with pytest.raises(HypercolumnsError, match=r"answers, but not as a Ray head node "
+                                                    r"\(UNIMPLEMENTED"):  # fmt: skip
+            _ray._reachable(f"127.0.0.1:{port}")
+    finally:
+        server.stop(None)
+    monkeypatch.setattr(_ray, "CONNECT_TIMEOUT", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        start = time.monotonic()
+        with pytest.raises(HypercolumnsError, match=r"not as a Ray head node \(no reply within"):
+            _ray._reachable(f"127.0.0.1:{silent.getsockname()[1]}")
+        assert time.monotonic() - start < 3
+
+
+def test_a_ray_head_passes_the_check(ray_instance: ModuleType) -> None:
+    _ray._reachable(ray_instance.get_runtime_context().gcs_address)  # no error
+
+
 @pytest.mark.parametrize("address", [None, "auto", "local", "ray://", "not an address"])
 def test_addresses_ray_resolves_are_left_to_it(
     address: str | None, monkeypatch: pytest.MonkeyPatch

@@ -341,6 +341,10 @@ def _reachable(address: str | None) -> None:
     if match is None:
         return
     host, port = match.group(1).strip("[]"), int(match.group(2))
+    advice = (
+        "start one there ('ray start --head') or check the address (ray_address, "
+        "--ray-address, RAY_ADDRESS)"
+    )
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
             pass
@@ -348,9 +352,43 @@ def _reachable(address: str | None) -> None:
         why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
         raise HypercolumnsError(
             f"cannot join a Ray cluster at {address!r}: nothing answers at {host}:{port} "
-            f"({why} within {CONNECT_TIMEOUT:g} s); start one there ('ray start --head') or "
-            "check the address (ray_address, --ray-address, RAY_ADDRESS)"
+            f"({why} within {CONNECT_TIMEOUT:g} s); {advice}"
         ) from err
+    if not address.startswith("ray://"):  # a Ray Client server is no GCS
+        why = _not_a_gcs(f"{match.group(1)}:{port}")
+        if why:
+            raise HypercolumnsError(
+                f"cannot join a Ray cluster at {address!r}: {host}:{port} answers, but not as "
+                f"a Ray head node ({why}); {advice}"
+            )
+
+
+def _not_a_gcs(target: str) -> str | None:
+    """Why the server at ``target`` is no Ray GCS (Ray's head node service), or ``None``.
+
+    Ray's own connection retries a server that answers otherwise (another service on that
+    port, a proxy) for 30 s, a log line a second. One call of the GCS's ``GetClusterId``
+    settles it: a server without that gRPC method (``UNIMPLEMENTED``), one that does not speak
+    gRPC (``UNAVAILABLE``, after the TCP connection succeeded) or one silent for
+    :data:`CONNECT_TIMEOUT` seconds is not Ray's; any other answer (token authentication
+    among them) is left to ``ray.init``.
+    """
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # a Ray installed without gRPC's Python package: Ray decides
+        return None
+    with grpc.insecure_channel(target) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=CONNECT_TIMEOUT)
+        except grpc.RpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"no reply within {CONNECT_TIMEOUT:g} s"
+            if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE):
+                return f"{code.name}: {err.details()}"
+    return None
 
 
 def _verbose() -> bool:
