@@ -458,3 +458,17 @@ def test_multi_frame_images_warn_once_each_in_stores(
     assert store.record("anim.gif")["warnings"] == [warned[0].removeprefix("warning: ")]
     assert store.record("still.png")["preprocessing"]["frames"] == 1
     assert "warnings" not in store.record("still.png")
+
+
+@pytest.mark.parametrize("out", ["s.zarr", "x.npy"])
+def test_no_bar_leaves_an_empty_line_in_a_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    """Found in the report's rerun: off a terminal (a Slurm log, a pipe) Rich draws no bar but
+    left an empty line on stderr where its transient bar had been."""
+    images = [str(image(tmp_path, name)) for name in ("a.png", "b.png", "c.png")]
+    code, stdout, err = run(["extract", TINY, *images, "-l", "1", "-o", str(tmp_path / out)],
+                            capsys)  # fmt: skip
+    assert code == 0, err
+    assert err == ""
+    assert ("3 image(s) written" if out.endswith(".zarr") else "wrote") in stdout

@@ -108,6 +108,7 @@ def _bar(label: str) -> Progress:
         TimeRemainingColumn(),
         console=stderr,
         transient=True,
+        disable=not stderr.is_terminal,
     )
 
 
@@ -145,8 +146,11 @@ def progress_callback(label: str) -> Iterator[Callable[[int, int], None]]:
             bar.stop()
 
 
-def rate_progress(label: str, *, disable: bool = False) -> Progress:
-    """A transient progress bar on stderr with images per second, its total set as it runs."""
+def rate_progress(label: str) -> Progress:
+    """A transient progress bar on stderr with images per second, its total set as it runs.
+
+    Bars show on a terminal only: elsewhere (a log file, a pipe) Rich draws nothing while it
+    runs and leaves an empty line where a transient bar was."""
     return Progress(
         f"[bold]{label}",
         BarColumn(),
@@ -155,5 +159,5 @@ def rate_progress(label: str, *, disable: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=stderr,
         transient=True,
-        disable=disable,
+        disable=not stderr.is_terminal,
     )

@@ -393,7 +393,7 @@ def _to_store(
         resize=resize, crop=crop, mean=None if mean_v is None else tuple(mean_v),
         std=None if std_v is None else tuple(std_v),
     )  # fmt: skip
-    bar = rate_progress("extracting", disable=fmt is Format.json and not stderr.is_terminal)
+    bar = rate_progress("extracting")
     task = bar.add_task("", total=None)
 
     def progress(done: int, total: int) -> None:
