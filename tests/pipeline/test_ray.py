@@ -165,6 +165,30 @@ def test_dense_store_equals_the_local_engines(
     }  # fmt: skip
 
 
+@pytest.mark.slow  # Ray's workers take seconds
+def test_relative_paths_are_found_by_a_cluster_started_elsewhere(
+    ray_instance: ModuleType,
+    folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    one_thread: None,
+) -> None:
+    """Found in the report's rerun: joining a cluster started in another folder (``ray start``
+    there, ``--ray-address auto`` here), every image given by a relative path failed, as the
+    tasks looked for it in their own working folder. The instance of this module was started
+    in another folder than the one the run is given from here. The same for a model file."""
+    monkeypatch.chdir(folder.parent)
+    relative = Path(folder.name)
+    shutil.copy(HERE / "tiny_models.py", "net.py")  # built by the actors from the file
+    settings = Settings("net.py:tiny", "0,3", points=5)
+    ray = run([relative / "list.csv"], tmp_path / "ray.parquet", settings, engine="ray")
+    local = run([relative / "list.csv"], tmp_path / "local.parquet", settings)
+    assert ray.done == local.done == 5
+    assert [f.key for f in ray.failed] == ["broken.png"]
+    # Ray's batches group images otherwise than the local run's single images: equal to rounding
+    assert_same_store(tmp_path / "local.parquet", tmp_path / "ray.parquet", exact=False)
+
+
 @pytest.mark.slow  # Ray's start and its workers' take seconds
 def test_sparse_store_with_labels_continued_by_ray_equals_the_local_engines(
     ray_instance: ModuleType,
@@ -382,7 +406,7 @@ def test_the_driver_keeps_the_first_copy_of_what_a_retried_task_sends_again(
     calls: list[tuple[int, int]] = []
     with st.open_writer(tmp_path / "d.zarr", store_config()) as writer:
         sink = Sink(writer, 3, lambda *a: calls.append(a))
-        driver = _ray._Driver(sink, sparse=False, labels=False)
+        driver = _ray._Driver(sink, sparse=False, labels=False, todo=[])
         for event in events:
             driver.take(_row(event))
     assert (sink.done, sink.banded, [f.key for f in sink.failed]) == (2, 1, ["c.png"])
@@ -398,7 +422,7 @@ def test_a_band_that_fails_discards_its_image(tmp_path: Path) -> None:
     big = np.ones((5, 6, 3), np.float16)
     layout = {"shape": [5, 6, 3], "record": {}, "chunk_rows": 2}
     with st.open_writer(tmp_path / "d.zarr", store_config()) as writer:
-        driver = _ray._Driver(Sink(writer, 1, None), sparse=False, labels=False)
+        driver = _ray._Driver(Sink(writer, 1, None), sparse=False, labels=False, todo=[])
         driver.take(_row(_ray._event("b", "band", {**layout, "row": 0}, big[:, :2])))
         driver.take(_row(_ray._event("b", "failed", {"source": "b", "reason": "no"}, big[:0])))
         driver.take(_row(_ray._event("c", "band", {**layout, "row": 0}, big[:, :2])))

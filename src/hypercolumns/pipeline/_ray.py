@@ -130,6 +130,7 @@ class _Model:
     def __init__(
         self,
         settings: Settings,
+        spec: str,
         model: list[Any],
         device: str,
         threads: int | None,
@@ -145,7 +146,7 @@ class _Model:
         if isinstance(shipped, nn.Module):
             built = shipped
         else:
-            built = load_model(settings.model, **dict(settings.model_kwargs))
+            built = load_model(spec, **dict(settings.model_kwargs))
             built.load_state_dict(shipped)
         self.extraction = Extraction(
             settings, device=device, max_memory=max_memory, band_rows=band_rows, model=built
@@ -187,19 +188,57 @@ class _Model:
 # -- the driver --------------------------------------------------------------------------------
 
 
-class _Driver:
-    """Writes the model stage's rows into the store through the run's sink."""
+def _absolute(path: Path) -> str:
+    """``path`` from this process's working folder (``..`` kept, as the path was given)."""
+    return os.path.join(os.getcwd(), path)
 
-    def __init__(self, sink: Sink, sparse: bool, labels: bool) -> None:
+
+def _spec_from_here(spec: str) -> str:
+    """A model spec the actors can build where they run: a file spec with a relative path
+    (``models/net.py:net``) made absolute from this process's working folder."""
+    module, sep, attr = spec.partition(":")
+    if sep and (module.endswith(".py") or "/" in module) and not os.path.isabs(module):
+        return f"{_absolute(Path(module))}:{attr}"
+    return spec
+
+
+def _shipped(source: Source) -> Row:
+    """The row a decoding task gets for ``source``. The tasks run in their node's working
+    folder (a cluster's: where ``ray start`` ran), so its paths go as absolute paths."""
+    mask = _absolute(source.mask) if source.mask else ""
+    return {"key": source.key, "path": _absolute(source.path), "mask": mask,
+            "error": source.error or ""}  # fmt: skip
+
+
+class _Driver:
+    """Writes the model stage's rows into the store through the run's sink, with the paths as
+    they were given (records and failures as the local engine writes them)."""
+
+    def __init__(self, sink: Sink, sparse: bool, labels: bool, todo: Sequence[Source]) -> None:
         self.sink, self.sparse, self.labels = sink, sparse, labels
         self.finished: set[str] = set()
         self.slots: dict[str, tuple[DenseSlot, set[int]]] = {}
+        self.given = {
+            s.key: [(_absolute(p), str(p)) for p in (s.path, s.mask) if p and not p.is_absolute()]
+            for s in todo
+        }
+
+    def _as_given(self, key: str, value: Any) -> Any:
+        """``value`` (a record, or text in it) with the paths shipped as they were given."""
+        if isinstance(value, dict):
+            return {k: self._as_given(key, v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._as_given(key, v) for v in value]
+        if isinstance(value, str):
+            for shipped, given in self.given.get(key, ()):
+                value = value.replace(shipped, given)
+        return value
 
     def take(self, row: Row) -> None:
         key, kind = str(row["key"]), str(row["kind"])
         if key in self.finished:  # sent again by a retried task
             return
-        info = json.loads(row["info"])
+        info = self._as_given(key, json.loads(row["info"]))
         if kind == "band":
             self._band(key, info, row["features"])
             return
@@ -472,15 +511,12 @@ def run(
     its weights (the actors then build it from the settings).
     """
     labels = bool(sink.writer.config["run"].get("labels"))
-    driver = _Driver(sink, sparse=extraction.settings.points is not None, labels=labels)
+    driver = _Driver(sink, sparse=extraction.settings.points is not None, labels=labels, todo=todo)
     with _connected(address) as ray, _ray_data_quiet():
         n, resources, actor_device, threads = _pool(ray, device, actors)
         model = extraction.model if ship_model else extraction.model.state_dict()
         model_ref = ray.put(model)
-        items = [
-            {"key": s.key, "path": str(s.path), "mask": str(s.mask or ""), "error": s.error or ""}
-            for s in todo
-        ]
+        items = [_shipped(s) for s in todo]
         ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
         ds = ds.map(
             _decode_row,
@@ -491,6 +527,7 @@ def run(
             _Model,
             fn_constructor_kwargs={
                 "settings": extraction.settings, "model": [model_ref], "device": actor_device,
+                "spec": _spec_from_here(extraction.settings.model),
                 "threads": threads, "max_memory": extraction.max_memory,
                 "band_rows": extraction.band_rows,
             },
