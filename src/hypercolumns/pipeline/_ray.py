@@ -393,12 +393,12 @@ def _reachable(address: str | None) -> None:
             f"cannot join a Ray cluster at {address!r}: nothing answers at {host}:{port} "
             f"({why} within {CONNECT_TIMEOUT:g} s); {advice}"
         ) from err
-    if not address.startswith("ray://"):  # a Ray Client server is no GCS
-        why = _not_a_gcs(f"{match.group(1)}:{port}")
-        if why:
+    if not match.group(0).startswith("ray://"):  # a Ray Client server is no GCS
+        gcs = _not_a_gcs(f"{match.group(1)}:{port}")
+        if gcs:
             raise HypercolumnsError(
                 f"cannot join a Ray cluster at {address!r}: {host}:{port} answers, but not as "
-                f"a Ray head node ({why}); {advice}"
+                f"a Ray head node ({gcs}); {advice}"
             )
 
 
@@ -413,14 +413,16 @@ def _not_a_gcs(target: str) -> str | None:
     among them) is left to ``ray.init``.
     """
     try:
-        import grpc
+        import grpc  # type: ignore[import-untyped]
         from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
     except ImportError:  # a Ray installed without gRPC's Python package: Ray decides
         return None
+    messages: Any = gcs_service_pb2  # generated code, untyped
+    services: Any = gcs_service_pb2_grpc
     with grpc.insecure_channel(target) as channel:
-        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub = services.NodeInfoGcsServiceStub(channel)
         try:
-            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=CONNECT_TIMEOUT)
+            stub.GetClusterId(messages.GetClusterIdRequest(), timeout=CONNECT_TIMEOUT)
         except grpc.RpcError as err:
             code = err.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
