@@ -121,11 +121,11 @@ def read_image(path: str | Path) -> Image.Image:
     return _read(Path(path))[0]
 
 
-def _read(path: Path) -> tuple[Image.Image, str, bool, int]:
+def _read(path: Path, what: str = "image") -> tuple[Image.Image, str, bool, int]:
     """The upright decoded image (the first frame), the file's mode, whether EXIF orientation
-    moved pixels, and the file's frame count."""
+    moved pixels, and the file's frame count; errors name the file a ``what``."""
     if not path.is_file():
-        raise ImageError(f"image {str(path)!r} does not exist or is not a file")
+        raise ImageError(f"{what} {str(path)!r} does not exist or is not a file")
     try:
         with Image.open(path) as img:
             frames = max(1, int(getattr(img, "n_frames", 1)))
@@ -135,7 +135,7 @@ def _read(path: Path) -> tuple[Image.Image, str, bool, int]:
             upright.load()
             if frames > 1 and img.format != "MPO":
                 warnings.warn(
-                    f"image {str(path)!r} has {frames} frames ({img.format} "
+                    f"{what} {str(path)!r} has {frames} frames ({img.format} "
                     f"{'pages' if img.format == 'TIFF' else 'animation'}); only the first is used",
                     ImageWarning,
                     stacklevel=3,
@@ -145,7 +145,7 @@ def _read(path: Path) -> tuple[Image.Image, str, bool, int]:
         raise ImageError(f"cannot read {str(path)!r}: not an image format Pillow knows") from err
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ImageError(f"cannot read image {str(path)!r}: {reason}") from err
+        raise ImageError(f"cannot read {what} {str(path)!r}: {reason}") from err
 
 
 def _pixels(img: Image.Image) -> tuple[np.ndarray[Any, Any], float, bool]:
@@ -301,7 +301,7 @@ def read_mask(
         ImageError: The file cannot be read, is not single-channel, or its size differs.
     """
     path = Path(path)
-    img = read_image(path)
+    img = _read(path, "mask")[0]
     if img.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
         raise ImageError(
             f"mask {str(path)!r} has mode {img.mode}; masks are single-channel label images "

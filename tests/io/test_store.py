@@ -311,6 +311,17 @@ def test_open_store_errors(tmp_path: Path) -> None:
     (tmp_path / "y.zarr").mkdir()
     with pytest.raises(StoreError, match="not a hypercolumns store"):
         hc.open_store(tmp_path / "y.zarr")
+    # a part file of a store (the report's RB4: "store '...part-000000.parquet' does not exist")
+    path = tmp_path / "s.parquet"
+    with st.open_writer(path, config("sparse")) as writer:
+        writer.write(sparse("a"))
+    part = next(path.glob("*.parquet"))
+    with pytest.raises(StoreError) as err:
+        hc.open_store(part)
+    assert str(err.value) == (
+        f"{str(part)!r} is a file inside the store {str(path)!r}; open the store itself, whose "
+        "listing holds committed images only"
+    )
 
 
 @pytest.mark.parametrize("key", ["", "a//b", "../a", "a/./b", "_hypercolumns/x", "a\\b"])

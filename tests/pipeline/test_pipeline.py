@@ -280,6 +280,28 @@ def test_masks_stratify_points_and_fill_the_label_column(tmp_path: Path) -> None
     assert store.config["run"]["labels"] is True
 
 
+def test_mask_errors_name_the_mask_and_the_rows(tmp_path: Path) -> None:
+    """The report's CSV3: a missing mask file was reported as a missing *image*, and a list with
+    masks on some rows only said "give a mask for every image or for none", naming no row."""
+    for i in range(2):
+        picture(tmp_path / f"im{i}.png", (24, 20), i)
+    Image.fromarray(np.zeros((24, 20), np.uint8)).save(tmp_path / "m1.png")
+    (tmp_path / "gone.csv").write_text("path,mask\nim0.png,lost.png\nim1.png,m1.png\n")
+    summary = run([tmp_path / "gone.csv"], tmp_path / "a.parquet", Settings(TINY, "1", points=5))
+    assert [(f.key, f.reason) for f in summary.failed] == [
+        ("im0.png", f"mask {str(tmp_path / 'lost.png')!r} does not exist or is not a file")
+    ]
+    (tmp_path / "some.csv").write_text("path,mask\nim0.png,\nim1.png,m1.png\n")
+    with pytest.raises(HypercolumnsError) as err:
+        run([tmp_path / "some.csv"], tmp_path / "b.parquet", Settings(TINY, "1", points=5))
+    assert str(err.value) == (
+        f"the inputs give masks for some images only ({str(tmp_path / 'im1.png')!r} has "
+        f"{str(tmp_path / 'm1.png')!r}, {str(tmp_path / 'im0.png')!r} none); give a mask for "
+        "every image or for none (a list's 'mask' column on every row)"
+    )
+    assert not (tmp_path / "b.parquet").exists()
+
+
 def test_bad_images_are_recorded_and_skipped(
     folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

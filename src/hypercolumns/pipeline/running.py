@@ -287,9 +287,14 @@ def run(
         )
     sources = expand_inputs(inputs)
     kind = _check_out(out, settings)
-    with_masks = {s.mask is not None for s in sources}
-    if len(with_masks) > 1:
-        raise HypercolumnsError("give a mask for every image or for none")
+    masked = next((s for s in sources if s.mask is not None), None)
+    bare = next((s for s in sources if s.mask is None), None)
+    if masked and bare:
+        raise HypercolumnsError(
+            f"the inputs give masks for some images only ({str(masked.path)!r} has "
+            f"{str(masked.mask)!r}, {str(bare.path)!r} none); give a mask for every image or "
+            "for none (a list's 'mask' column on every row)"
+        )
     extraction = Extraction(
         settings,
         device=device if engine == "local" else "cpu",  # Ray: here for the configuration only
@@ -297,7 +302,7 @@ def run(
         band_rows=band_rows,
         model=model,
     )
-    config = extraction.config(labels=with_masks == {True})
+    config = extraction.config(labels=masked is not None)
     writer = open_writer(out, config, overwrite=overwrite, **dict(writer_options or {}))
     todo = [s for s in sources if s.key not in writer.done]
     _warn_about_committed(out, sources, writer)

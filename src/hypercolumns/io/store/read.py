@@ -140,5 +140,11 @@ def open_store(path: str | Path) -> DenseStore | SparseStore:
     if kind is None:
         raise StoreError(f"cannot tell the kind of store {str(path)!r}: name it .zarr or .parquet")
     if not path.is_dir():
+        inside = next((p for p in path.parents if store_kind(p) and (p / BOOK).is_dir()), None)
+        if path.is_file() and inside is not None:
+            raise StoreError(
+                f"{str(path)!r} is a file inside the store {str(inside)!r}; open the store "
+                "itself, whose listing holds committed images only"
+            )
         raise StoreError(f"store {str(path)!r} does not exist")
     return DenseStore(path) if kind == "dense" else SparseStore(path)
