@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -252,3 +253,47 @@ def test_a_single_frame_file_has_one_frame_and_no_warning(tmp_path: Path) -> Non
         warnings.simplefilter("error")
         _, prep = load_image(path)
     assert prep.frames == 1
+
+
+@pytest.mark.filterwarnings("ignore::hypercolumns.errors.ImageWarning")
+def test_image_notes_are_the_decoding_threads_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding runs in a thread beside the model. It kept an image's warnings with
+    ``warnings.catch_warnings(record=True)``, which holds for the whole process: a warning
+    raised meanwhile by another thread went into the decoded image's record (and was lost to
+    its own caller). Here a GIF loaded in this thread while a PNG decodes in another."""
+    import threading
+
+    from hypercolumns.images import image_notes
+    from hypercolumns.pipeline import decoding
+    from hypercolumns.pipeline.sources import Source
+
+    gif = multi_frame(tmp_path / "anim.gif")
+    png = _save(tmp_path, "still.png", Image.new("RGB", (8, 8), (10, 20, 30)))
+    inside, go_on = threading.Event(), threading.Event()
+    real = decoding._load
+
+    def load(source: Source, options: decoding.DecodeOptions) -> tuple[torch.Tensor, Any]:
+        out = real(source, options)
+        inside.set()
+        go_on.wait(10)
+        return out
+
+    monkeypatch.setattr(decoding, "_load", load)
+    options = decoding.DecodeOptions(3, (0.0,) * 3, (1.0,) * 3, "bilinear", "none")
+    results: list[decoding.Decoded] = []
+    thread = threading.Thread(
+        target=lambda: results.append(decoding.decode(Source("still.png", png), options))
+    )
+    thread.start()
+    assert inside.wait(10)
+    load_image(gif)  # warns here, in this thread
+    go_on.set()
+    thread.join(10)
+    assert results[0].error is None
+    assert "warnings" not in results[0].record
+    with image_notes() as notes:
+        load_image(gif)
+    assert len(notes) == 1
+    assert "3 frames" in notes[0]

@@ -33,8 +33,10 @@ Geometry: by default the image keeps its own size. ``resize="224"`` scales the s
 from __future__ import annotations
 
 import math
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ __all__ = [
     "Preprocessing",
     "check_decoded_size",
     "cropped",
+    "image_notes",
     "load_image",
     "per_channel",
     "read_image",
@@ -112,6 +115,36 @@ class Preprocessing:
         return (x * std + mean).clamp(0, 1)
 
 
+_collecting = threading.local()
+
+
+@contextmanager
+def image_notes() -> Iterator[list[str]]:
+    """In this block, and in this thread only, what :func:`load_image` and :func:`read_image`
+    would warn about an image (:class:`~hypercolumns.errors.ImageWarning`: a file of several
+    frames) is added to the list yielded instead. For code that keeps such notes per image
+    while other threads run: ``warnings.catch_warnings`` changes the whole process's
+    warnings, so a warning of another thread could land in the list, or one of this thread's
+    escape it."""
+    notes: list[str] = []
+    outer = getattr(_collecting, "notes", None)
+    _collecting.notes = notes
+    try:
+        yield notes
+    finally:
+        _collecting.notes = outer
+
+
+def _note(message: str) -> None:
+    """Warn about an image (see :func:`image_notes`), for the caller of the public function
+    two frames up."""
+    notes = getattr(_collecting, "notes", None)
+    if notes is not None:
+        notes.append(message)
+    else:
+        warnings.warn(message, ImageWarning, stacklevel=4)
+
+
 def read_image(path: str | Path) -> Image.Image:
     """Open an image file, fully decoded and upright (EXIF orientation applied).
 
@@ -134,11 +167,9 @@ def _read(path: Path, what: str = "image") -> tuple[Image.Image, str, bool, int]
             upright = ImageOps.exif_transpose(img)
             upright.load()
             if frames > 1 and img.format != "MPO":
-                warnings.warn(
+                _note(
                     f"{what} {str(path)!r} has {frames} frames ({img.format} "
-                    f"{'pages' if img.format == 'TIFF' else 'animation'}); only the first is used",
-                    ImageWarning,
-                    stacklevel=3,
+                    f"{'pages' if img.format == 'TIFF' else 'animation'}); only the first is used"
                 )
             return upright, img.mode, orientation not in (1, None), frames
     except UnidentifiedImageError as err:

@@ -5,7 +5,8 @@ in worker processes and Ray tasks, and it never raises: an unusable image carrie
 Decoding warns about nothing where it runs (a worker process, a Ray task): what
 :func:`~hypercolumns.images.load_image` would warn about an image (:class:`ImageWarning`: a file
 of several frames) goes into its record, under ``warnings``, for the process that writes the
-store to show (:meth:`~hypercolumns.pipeline._sink.Sink.put`).
+store to show (:meth:`~hypercolumns.pipeline._sink.Sink.put`). The notes are collected for the
+decoding thread alone (:func:`~hypercolumns.images.image_notes`), as it runs beside the model.
 
 Points are sampled per image from a seed derived from the run's seed and the image's key, so
 an image gets the same points whatever batch or engine it lands in, in this run or a resumed one.
@@ -14,7 +15,6 @@ an image gets the same points whatever batch or engine it lands in, in this run 
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hypercolumns.errors import HypercolumnsError, ImageWarning
+from hypercolumns.errors import HypercolumnsError
 from hypercolumns.features.points import sample_points
-from hypercolumns.images import Preprocessing, load_image, per_channel, read_mask
+from hypercolumns.images import Preprocessing, image_notes, load_image, per_channel, read_mask
 from hypercolumns.models import input_channels, normalization
 from hypercolumns.pipeline.settings import Settings
 from hypercolumns.pipeline.sources import Source
@@ -135,13 +135,8 @@ def decode(source: Source, options: DecodeOptions) -> Decoded:
         record["mask"] = str(source.mask)
     try:
         record["source_stat"] = file_stat(source.path)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ImageWarning)
+        with image_notes() as notes:  # this thread's alone: decoding runs beside the model
             x, prep = _load(source, options)
-        notes = [str(w.message) for w in caught if issubclass(w.category, ImageWarning)]
-        for w in caught:  # other warnings go on as they came
-            if not issubclass(w.category, ImageWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if notes:
             record["warnings"] = notes
         prep = replace(prep, normalization=options.normalization)
