@@ -472,3 +472,41 @@ def test_no_bar_leaves_an_empty_line_in_a_log(
     assert code == 0, err
     assert err == ""
     assert ("3 image(s) written" if out.endswith(".zarr") else "wrote") in stdout
+
+
+def test_file_names_are_shown_as_they_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report's I11, and brackets: a newline in a file name split a failure's line in two,
+    and a name like ``[bold]x.png`` was taken as Rich markup (shown as ``x.png``, bold)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image(folder, "ok.png")
+    for name in ("[bold]x.png", "new\nline.png"):
+        (folder / name).write_text("not an image")
+    out = tmp_path / "[s].parquet"
+    code, stdout, err = run(["extract", TINY, str(folder), "-l", "1", "-p", "5", "-o", str(out)],
+                            capsys)  # fmt: skip
+    assert code == 1
+    assert stdout.startswith(f"{out}: 1 image(s) written")
+    lines = err.strip().splitlines()
+    assert len(lines) == 3, err
+    assert lines[0].startswith(f"failed: [bold]x.png: cannot read '{folder}/[bold]x.png'")
+    assert lines[1].startswith(f"failed: new\\nline.png: cannot read '{folder}/new\\nline.png'")
+    assert lines[2].startswith(f"error: 2 image(s) failed (listed in {out}/_hypercolumns/")
+
+
+def test_more_decoding_processes_than_cpus_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's LD4: PyTorch's paragraph about too many DataLoader workers, twice."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    images = [str(image(tmp_path, f"{i}.png")) for i in range(3)]
+    code, _, err = run(["extract", TINY, *images, "-l", "1", "-p", "5", "--workers", "2",
+                        "-o", str(tmp_path / "s.parquet")], capsys)  # fmt: skip
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        "warning: 2 decoding processes (workers, --workers) for the 1 CPU(s) this process may "
+        "use: they compete with the model for them"
+    ]

@@ -15,7 +15,6 @@ import warnings
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from hypercolumns._allocator import keep_freed_memory
 from hypercolumns._version import __version__
@@ -32,7 +31,7 @@ from hypercolumns.cli import (
     probe,
     show,
 )
-from hypercolumns.cli._render import stderr, stdout
+from hypercolumns.cli._render import plain, stderr, stdout
 from hypercolumns.errors import HypercolumnsError
 
 __all__ = ["app", "main"]
@@ -108,7 +107,7 @@ def main() -> None:
                 sys.exit(2)
             message = err.format_message() if hasattr(err, "format_message") else str(err)
             stderr.print(
-                f"[bold red]error:[/] {escape(message)} (see {_help(err)})", highlight=False
+                f"[bold red]error:[/] {plain(message)} (see {_help(err)})", highlight=False
             )
             sys.exit(getattr(err, "exit_code", 2))
         except typer.Abort:
@@ -117,7 +116,7 @@ def main() -> None:
         except HypercolumnsError as err:
             if _state["debug"]:
                 raise
-            stderr.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+            stderr.print(f"[bold red]error:[/] {plain(err)}", highlight=False)
             sys.exit(1)
         except KeyboardInterrupt:
             _signals.interrupted()
@@ -125,7 +124,7 @@ def main() -> None:
             if _state["debug"]:
                 raise
             stderr.print(
-                f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(str(err))} "
+                f"[bold red]error:[/] unexpected {type(err).__name__}: {plain(err)} "
                 "(run with --debug for the traceback)",
                 highlight=False,
             )
@@ -147,4 +146,4 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    stderr.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+    stderr.print(f"[yellow]warning:[/] {plain(message)}", highlight=False)

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,6 +25,7 @@ __all__ = [
     "fmt",
     "layer_table",
     "pair",
+    "plain",
     "progress",
     "progress_callback",
     "rate_progress",
@@ -34,6 +36,14 @@ __all__ = [
 
 stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, soft_wrap=True)
+
+
+def plain(text: object) -> str:
+    """``text`` for one line of Rich markup, shown as it is: brackets escaped (a file named
+    ``[bold]x.png`` is not bold ``x.png``) and control characters as escapes (a newline in a
+    file name does not split the line)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return escape(shown)
 
 
 def fmt(value: float) -> str:

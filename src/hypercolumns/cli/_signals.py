@@ -45,5 +45,7 @@ def received() -> signal.Signals | None:
 def interrupted(detail: str = "") -> NoReturn:
     """Say that the command was stopped (and ``detail``: what was kept) and exit."""
     sig = received() or signal.SIGINT
-    stderr.print(f"interrupted ({sig.name}){': ' + detail if detail else ''}", highlight=False)
+    stderr.print(
+        f"interrupted ({sig.name}){': ' + detail if detail else ''}", highlight=False, markup=False
+    )
     sys.exit(128 + sig)

@@ -74,7 +74,7 @@ def draw_rf(
     )
     result = dataclasses.replace(result, inputs="images")
     plot.save(plot.erf_on_image(result, prep.unnormalize(x[0])), out)
-    stdout.print(f"wrote {out}", highlight=False)
+    stdout.print(f"wrote {out}", highlight=False, markup=False)
 
 
 @app.command("conv")
@@ -144,13 +144,13 @@ def draw_conv(
     if not animate:
         chosen = cell(unit_) if unit_ is not None else None
         draw.save(draw.conv_diagram(spec, size, unit=chosen), path)
-        stdout.print(f"wrote {path}", highlight=False)
+        stdout.print(f"wrote {path}", highlight=False, markup=False)
         return
     animation = draw.conv_animation(spec, size)
     frames = draw.conv_arithmetic(spec, size).output_size ** 2
     with progress(frames, "drawing frames") as bar:
         draw.save(animation, path, dpi=80, fps=fps, progress=tracker(bar, frames))
-    stdout.print(f"wrote {path} ({frames} frames)", highlight=False)
+    stdout.print(f"wrote {path} ({frames} frames)", highlight=False, markup=False)
 
 
 @app.command("growth")
@@ -184,4 +184,4 @@ def draw_growth(
     found = list_layers(net, size, in_channels=in_channels)
     title = f"{model} at {size[0]}" + (f"x{size[1]}" if size[1] != size[0] else "")
     draw.save(draw.growth(found, size, model=net, title=title), out)
-    stdout.print(f"wrote {out}", highlight=False)
+    stdout.print(f"wrote {out}", highlight=False, markup=False)

@@ -97,7 +97,7 @@ def erf(
         return
     stdout.print(_table(result, model))
     if out is not None:
-        stdout.print(f"wrote {out}", highlight=False)
+        stdout.print(f"wrote {out}", highlight=False, markup=False)
 
 
 def _table(result: Any, model: str) -> Table:

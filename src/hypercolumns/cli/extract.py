@@ -32,7 +32,7 @@ from hypercolumns.cli._options import (
     floats,
     parse_kwargs,
 )
-from hypercolumns.cli._render import progress_callback, rate_progress, stderr, stdout
+from hypercolumns.cli._render import plain, progress_callback, rate_progress, stderr, stdout
 from hypercolumns.errors import HypercolumnsError, OutputTooLargeError
 from hypercolumns.features.align import check_align
 
@@ -327,8 +327,10 @@ def _to_file(
         return
     for key, shape in written.shapes.items():
         label = "" if key == "all" else f"{key}: "
-        stdout.print(f"{label}{'x'.join(map(str, shape))} ({dtype.value})", highlight=False)
-    stdout.print(f"wrote {', '.join(str(p) for p in written.paths)}", highlight=False)
+        stdout.print(
+            f"{label}{'x'.join(map(str, shape))} ({dtype.value})", highlight=False, markup=False
+        )
+    stdout.print(f"wrote {', '.join(str(p) for p in written.paths)}", highlight=False, markup=False)
 
 
 def _rate(summary: RunSummary) -> str:
@@ -423,20 +425,22 @@ def _to_store(
         extra = [f"{summary.skipped} already there"] if summary.skipped else []
         extra += [f"{summary.banded} in bands"] if summary.banded else []
         stdout.print(
-            f"{summary.store}: {summary.done} image(s) written"
+            f"{plain(summary.store)}: {summary.done} image(s) written"
             + (f" ({', '.join(extra)})" if extra else "")
             + f", {summary.bytes_written / 1e6:.1f} MB in {summary.seconds:.1f} s"
             + _rate(summary),
             highlight=False,
         )
         for failure in summary.failed[:10]:
-            stderr.print(f"[red]failed:[/] {failure.key}: {failure.reason}", highlight=False)
+            stderr.print(
+                f"[red]failed:[/] {plain(failure.key)}: {plain(failure.reason)}", highlight=False
+            )
         if len(summary.failed) > 10:
             stderr.print(f"... and {len(summary.failed) - 10} more", highlight=False)
     if summary.failed:
         stderr.print(
             f"[bold red]error:[/] {len(summary.failed)} image(s) failed (listed in "
-            f"{out / '_hypercolumns' / 'failures.jsonl'}); the others are in the store",
+            f"{plain(out / '_hypercolumns' / 'failures.jsonl')}); the others are in the store",
             highlight=False,
         )
         raise typer.Exit(1)

@@ -159,4 +159,4 @@ def match(
         line += f"; {int(found.mutual.sum())} mutual"
     stdout.print(line, highlight=False)
     if out is not None:
-        stdout.print(f"wrote {out}", highlight=False)
+        stdout.print(f"wrote {out}", highlight=False, markup=False)

@@ -329,7 +329,7 @@ def predict(
         shutil.rmtree(staging, ignore_errors=True)
         if created and not done:
             shutil.rmtree(out, ignore_errors=True)
-    stdout.print(f"wrote {len(items)} prediction(s) to {out}", highlight=False)
+    stdout.print(f"wrote {len(items)} prediction(s) to {out}", highlight=False, markup=False)
 
 
 def _rgb(x: Any, norm: Any) -> np.ndarray[Any, Any]:
@@ -374,7 +374,9 @@ def evaluate(
             highlight=False,
         )
         for name, iou in scores["per_class_iou"].items():
-            stdout.print(f"  {name}: {'-' if iou is None else f'{iou:.4f}'}", highlight=False)
+            stdout.print(
+                f"  {name}: {'-' if iou is None else f'{iou:.4f}'}", highlight=False, markup=False
+            )
     else:
         stdout.print(
             f"{scores['images']} image(s): RMSE {scores['rmse']:.4f}, PSNR {scores['psnr']:.2f} dB",

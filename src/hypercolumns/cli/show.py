@@ -177,7 +177,7 @@ def show(
         else:
             fig = plot.feature_map(maps, channel or 0, layer=target, image=picture)
     plot.save(fig, out)
-    stdout.print(f"wrote {out}", highlight=False)
+    stdout.print(f"wrote {out}", highlight=False, markup=False)
 
 
 def _similar(

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,15 +74,25 @@ def decoded(
     if workers == 0:
         yield from _decoded_ahead(sources, options, ahead)
         return
-    loader = torch.utils.data.DataLoader(
-        _Decoding(sources, options),
-        batch_size=None,
-        num_workers=workers,
-        collate_fn=_keep,
-        prefetch_factor=2,
-        worker_init_fn=functools.partial(_worker_started, os.getpid()),
-    )
-    yield from loader
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cpus and workers > cpus:
+        warnings.warn(
+            f"{workers} decoding processes (workers, --workers) for the {cpus} CPU(s) this "
+            "process may use: they compete with the model for them",
+            stacklevel=2,
+        )
+    with warnings.catch_warnings():  # PyTorch's paragraph saying the same, twice
+        warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
+        loader = torch.utils.data.DataLoader(
+            _Decoding(sources, options),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_keep,
+            prefetch_factor=2,
+            worker_init_fn=functools.partial(_worker_started, os.getpid()),
+        )
+        batches = iter(loader)
+    yield from batches
 
 
 def _decoded_ahead(
