@@ -22,7 +22,8 @@ interleaved round after round:
 * ``ours``: :func:`hypercolumns.pipeline.run` with its defaults (on a CPU: batch size 1,
   decoding in the main process; ``--workers N`` for DataLoader workers) into a ``.parquet``
   store, timed end to end (model built, weights hashed) and in steady state (from the first
-  progress call to the last).
+  progress call to the last); its set-up before the first image (``RunSummary.setup_seconds``)
+  is printed beside the weights digest timed alone, the one cost per run the loops do not pay.
 * ``ray`` (with ``--ray``; needs ``hypercolumns[ray]``): the same run with
   ``engine="ray"`` on a local Ray instance with this machine's CPUs, started once before the
   rounds (its start-up time is reported apart): decoding in Ray tasks, the model in one actor
@@ -84,6 +85,7 @@ def _library() -> ModuleType:
 hc = _library()
 from hypercolumns._allocator import keep_freed_memory  # noqa: E402
 from hypercolumns.features._pooling import FastMaxPool  # noqa: E402
+from hypercolumns.models import weights_digest  # noqa: E402
 from hypercolumns.pipeline import Settings, run  # noqa: E402
 
 MODEL, LAYERS, POINTS, RAY_BATCH = "torchvision:vgg16", "3,8", 1024, 8
@@ -213,9 +215,10 @@ def ours(
     n: int,
     workers: int | None,
     engine: str = "local",
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """End-to-end (weights hashed, plans, workers or actors started) and steady-state images
-    per second of the pipeline, with the model already built. Steady: from the first progress
+    per second of the pipeline, with the model already built, and the seconds of its set-up
+    (``RunSummary.setup_seconds``: before the first image). Steady: from the first progress
     call to the last; Ray results come a batch at a time (when an actor's call ends), so from
     the first batch."""
     marks: list[float] = []
@@ -235,7 +238,7 @@ def ours(
     end = time.perf_counter()
     assert summary.done == n, summary
     first = 0 if local else RAY_BATCH
-    return n / (end - start), (n - first) / (marks[-1] - marks[first])
+    return n / (end - start), (n - first) / (marks[-1] - marks[first]), summary.setup_seconds
 
 
 def around_the_model(
@@ -362,8 +365,9 @@ def main() -> None:
             paths = make_images(work / "images", args.images, (240, 320))
             model = build_model()
             rates: dict[str, list[float]] = {}
+            setups: dict[str, list[float]] = {}
             hc.layers(model, 32)  # the first analysis imports torch._dynamo: not timed
-            methods: dict[str, Callable[[int], float | tuple[float, float]]] = {
+            methods: dict[str, Callable[[int], float | tuple[float, float, float]]] = {
                 "model only, batch 1": lambda r: model_only(model, paths, 1, False),
                 "model only, batch 8": lambda r: model_only(model, paths, 8, False),
                 "model only, batch 1, our pooling": lambda r: model_only(model, paths, 1, True),
@@ -390,12 +394,24 @@ def main() -> None:
                     if isinstance(value, tuple):
                         rates.setdefault(f"{name}, end to end", []).append(value[0])
                         rates.setdefault(f"{name}, steady", []).append(value[1])
+                        setups.setdefault(f"{name}: set-up, before the first image", []).append(
+                            value[2]
+                        )
                     else:
                         rates.setdefault(name, []).append(value)
                     if not args.json:
                         print(f"round {r}: {name}: {value}", file=sys.stderr)
             medians = {k: statistics.median(v) for k, v in rates.items()}
             report["images_per_second"] = {k: round(v, 2) for k, v in medians.items()}
+            start = time.perf_counter()
+            weights_digest(model)
+            report["seconds once per run"] = {
+                **{k: round(statistics.median(v), 2) for k, v in setups.items()},
+                "of which the weights digest (timed alone)": round(time.perf_counter() - start, 2),
+                f"{args.images} images at the planned loop's rate": round(
+                    args.images / medians["library loop, planned"], 2
+                ),
+            }
             for ceiling in ("model only", "model only, our pooling"):  # the best batch
                 b1, b8 = (ceiling.replace("only", f"only, batch {b}") for b in (1, 8))
                 rates[ceiling] = [max(x, y) for x, y in zip(rates[b1], rates[b8], strict=True)]
