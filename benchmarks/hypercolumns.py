@@ -14,11 +14,11 @@ For each model (torchvision vgg16 layers [3, 8]; resnet50 layer1..layer4), one 2
 * ``fx+interpolate``: torchvision ``create_feature_extractor`` + ``F.interpolate`` + ``torch.cat``;
 * ``blog``: forward hooks on the full model and a per-channel bilinear resize loop.
 
-Methods run interleaved, round after round, and each reports its median time and the median
-over rounds of its ratio to the floor in the same round, in wall-clock time and in CPU time of
-the process (``time.process_time``: on a shared machine, time spent waiting for a core does not
-count; page faults do); ``best`` is the ratio of the fastest CPU times, the runs least
-disturbed by other jobs. Then peak
+Methods run interleaved, round after round, in a new (seeded) order each round, and each
+reports its median time and the median over rounds of its ratio to the floor in the same round,
+in wall-clock time and in CPU time of the process (``time.process_time``: on a shared machine,
+time spent waiting for a core does not count; page faults do); ``best`` is the ratio of the
+fastest CPU times, the runs least disturbed by other jobs. Then peak
 memory, sparse (1024 points) against dense, for all 13 vgg16 conv
 layers (4224 channels): each measured in a fresh process by sampling resident memory
 (``/proc/self/statm``) every millisecond in a thread, minus the resident memory just before.
@@ -33,6 +33,7 @@ import importlib
 import json
 import multiprocessing as mp
 import os
+import random
 import statistics
 import sys
 import threading
@@ -156,8 +157,14 @@ def bench_model(name: str, layers: list[str], rounds: int) -> dict[str, object]:
     cpu: dict[str, list[float]] = {k: [] for k in methods}
     for fn in methods.values():  # warm-up
         fn()
-    for _ in range(rounds):
-        for key, fn in methods.items():
+    order = list(methods)
+    for r in range(rounds):
+        # a new order each round (seeded): in a fixed order each method always followed the
+        # same one, and what that one left (a large output freed, and glibc returning it to the
+        # system or not) moved the next one's time by up to 30 %
+        random.Random(r).shuffle(order)
+        for key in order:
+            fn = methods[key]
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             wall[key].append(time.perf_counter() - start)
