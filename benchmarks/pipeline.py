@@ -2,7 +2,7 @@
 
 Throughput: 200 generated JPEG images (320x240), torchvision vgg16 layers [3, 8] with random
 weights, sparse hypercolumns at 1024 pixels per image, CPU. Side by side in one process,
-interleaved round after round:
+interleaved round after round, in a new seeded order each round:
 
 * ``model only, batch B``: the model's forward (the prefix up to ``features.8``, which is all
   any method needs) on preloaded, preprocessed batches of 1 and of 8; the faster is the
@@ -58,6 +58,7 @@ import json
 import logging
 import math
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -388,9 +389,11 @@ def main() -> None:
                 methods["ray"] = lambda r: ours(
                     model, work / "images", work / f"ray{r}.parquet", len(paths), 0, "ray"
                 )
+            order = list(methods)
             for r in range(args.rounds):
-                for name, method in methods.items():
-                    value = method(r)
+                random.Random(r).shuffle(order)  # no method always follows the same one
+                for name in order:
+                    value = methods[name](r)
                     if isinstance(value, tuple):
                         rates.setdefault(f"{name}, end to end", []).append(value[0])
                         rates.setdefault(f"{name}, steady", []).append(value[1])
