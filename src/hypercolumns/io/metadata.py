@@ -55,6 +55,7 @@ def run_metadata(
     size: Sequence[int] | None = None,
     preprocessing: Mapping[str, Any] | None = None,
     shapes: bool = False,
+    weights_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The run description of hypercolumns of ``layers`` computed by ``net``.
 
@@ -75,6 +76,8 @@ def run_metadata(
             ``interpolation`` (tuples become lists).
         shapes: Keep each layer's output ``shape`` in ``geometry`` (it holds for one input
             size only).
+        weights_sha256: ``weights_digest(net)`` if already known (taken before ``net`` moved
+            to a GPU, whence hashing would copy it back).
 
     Returns:
         ``{"run": {...}, "weights", "channels", "geometry", "hypercolumns_version"}``.
@@ -88,7 +91,7 @@ def run_metadata(
     run: dict[str, Any] = {
         "model": model,
         "model_kwargs": dict(model_kwargs or {}),
-        "weights_sha256": weights_digest(net),
+        "weights_sha256": weights_sha256 or weights_digest(net),
         "layers": [layer.name for layer in layers],
         "points": points,
         "seed": seed if points is not None else None,
