@@ -45,6 +45,7 @@ __all__ = [
     "input_channels",
     "load_model",
     "load_weights",
+    "model_file",
     "normalization",
     "weights_digest",
 ]
@@ -266,9 +267,17 @@ def _torchvision(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
         ) from err
 
 
+def model_file(spec: str) -> str | None:
+    """The Python file a ``path/to/file.py:factory`` spec names (as written), else ``None``."""
+    module, sep, _ = spec.partition(":")
+    if sep and (module.endswith(".py") or "/" in module or "\\" in module):
+        return module
+    return None
+
+
 def _factory(module: str, attr: str) -> Callable[..., Any]:
     spec = f"{module}:{attr}"
-    if module.endswith(".py") or "/" in module or "\\" in module:
+    if model_file(spec) is not None:
         path = Path(module)
         if not path.is_file():
             raise ModelError(f"no such file {str(path)!r} in model spec {spec!r}")

@@ -44,7 +44,7 @@ from torch import nn
 from hypercolumns._allocator import keep_freed_memory
 from hypercolumns.errors import HypercolumnsError
 from hypercolumns.io.store import DenseSlot, DenseWriter, ImageResult
-from hypercolumns.models import load_model
+from hypercolumns.models import load_model, model_file
 from hypercolumns.pipeline._sink import BandLayout, Sink, split_whole
 from hypercolumns.pipeline.decoding import Decoded, DecodeOptions, decode
 from hypercolumns.pipeline.extraction import Extraction, Failure, failure_of, reason
@@ -196,10 +196,10 @@ def _absolute(path: Path) -> str:
 def _spec_from_here(spec: str) -> str:
     """A model spec the actors can build where they run: a file spec with a relative path
     (``models/net.py:net``) made absolute from this process's working folder."""
-    module, sep, attr = spec.partition(":")
-    if sep and (module.endswith(".py") or "/" in module) and not os.path.isabs(module):
-        return f"{_absolute(Path(module))}:{attr}"
-    return spec
+    file = model_file(spec)
+    if file is None or os.path.isabs(file):
+        return spec
+    return f"{_absolute(Path(file))}:{spec.partition(':')[2]}"
 
 
 def _shipped(source: Source) -> Row:
@@ -225,12 +225,14 @@ class _Driver:
 
     def _as_given(self, key: str, value: Any) -> Any:
         """``value`` (a record, or text in it) with the paths shipped as they were given."""
+        if not self.given.get(key):  # given absolute: nothing to rewrite
+            return value
         if isinstance(value, dict):
             return {k: self._as_given(key, v) for k, v in value.items()}
         if isinstance(value, list):
             return [self._as_given(key, v) for v in value]
         if isinstance(value, str):
-            for shipped, given in self.given.get(key, ()):
+            for shipped, given in self.given[key]:
                 value = value.replace(shipped, given)
         return value
 
