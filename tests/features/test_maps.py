@@ -152,6 +152,54 @@ def test_stream_hands_over_fresh_values_in_run_order_and_stops_early() -> None:
     assert seen[0][1].min() < 0
 
 
+class Flattened(nn.Module):
+    """Flattens its input with ``view`` and back: a channels-last tensor does not allow it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], -1).view(x.shape)
+
+
+def test_stream_runs_channels_last_on_a_cpu_when_asked() -> None:
+    model = tiny_cnn().eval()
+    x = torch.randn(2, 3, 16, 16)
+    ext = hc.FeatureExtractor(model, ["0", "3", "5"], 16)
+    ref = hooked_forward(tiny_cnn().eval(), x, ["0", "3", "5"])
+    for channels_last in (True, False):
+        seen: dict[str, torch.Tensor] = {}
+        ext.stream(
+            x,
+            lambda layer, v, seen=seen: seen.setdefault(layer.name, v.clone()),
+            channels_last=channels_last,
+        )  # fmt: skip (clone keeps the layout)
+        assert list(seen) == ["0", "3", "5"]
+        for name, value in seen.items():
+            assert value.is_contiguous(memory_format=torch.channels_last) == channels_last
+            assert value.is_contiguous() != channels_last
+            # other kernels, equal values but for rounding
+            torch.testing.assert_close(value, ref[name], rtol=1e-5, atol=1e-6)
+    assert x.is_contiguous()  # the caller's input is left as it was
+
+
+def test_a_model_that_cannot_take_channels_last_streams_its_input_as_given() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Flattened(), nn.Conv2d(4, 5, 3)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    ext = hc.FeatureExtractor(model, ["0", "2"], 12)
+    ref = hooked_forward(model, x, ["0", "2"])
+    runs = []
+    model[0].register_forward_pre_hook(lambda m, args: runs.append(args[0].is_contiguous()))
+    for _ in range(2):
+        seen: dict[str, torch.Tensor] = {}
+        keep = seen.update  # the retry's values replace those of the failed run
+        ext.stream(x, lambda layer, v, keep=keep: keep({layer.name: v.clone()}), channels_last=True)
+        for name in ("0", "2"):
+            assert seen[name].is_contiguous()
+            torch.testing.assert_close(seen[name], ref[name], rtol=0, atol=0)
+    assert runs == [False, True, True]  # tried channels-last once, then as given
+    sparse = hc.hypercolumns(model, x, ["0", "2"], points=20)  # the route sparse columns take
+    assert sparse.features.shape == (1, 20, 9)
+
+
 def test_extractor_reused_for_batches(resnet: nn.Module) -> None:
     ext = hc.FeatureExtractor(resnet, ["layer1", "layer2"], (32, 48))
     for batch in (1, 3):

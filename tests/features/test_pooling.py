@@ -218,7 +218,9 @@ def test_feature_maps_take_the_route_and_equal_a_plain_forward(
     assert torch.equal(maps["6"], plain["6"])
     dense = hc.hypercolumns(net, x, [2, 6])
     sparse = hc.hypercolumns(net, x, [2, 6], points=50, seed=1)
-    assert len(seen) == 6  # both ran their forward passes on the route too
+    # dense ran its forward pass on the route too; sparse runs channels-last, where PyTorch's
+    # own pooling is fast
+    assert len(seen) == 4
     y, xx = sparse.points[..., 0].long(), sparse.points[..., 1].long()
     for b in range(2):
         assert torch.allclose(sparse.features[b], dense.features[b][:, y[b], xx[b]].T, atol=1e-6)

@@ -109,6 +109,19 @@ def test_sample_points_equals_grid_sample() -> None:
         assert out[..., 8:].isnan().all()
 
 
+def test_sample_points_of_a_channels_last_map_equal_those_of_a_contiguous_one() -> None:
+    """Large maps laid out channels-last (as sparse hypercolumns run the model on a CPU) are
+    sampled row by row, small ones through the table; both give the plain layout's values."""
+    torch.manual_seed(0)
+    for h, w in [(3, 4), (30, 31), (64, 70)]:
+        fmap = torch.randn(2, 6, h, w)
+        uy, ux = torch.rand(2, 40) * (h + 1) - 0.5, torch.rand(2, 40) * (w + 1) - 0.5
+        plain, rows = torch.empty(2, 40, 6), torch.empty(2, 40, 6)
+        sample_points(fmap, uy, ux, plain)
+        sample_points(fmap.contiguous(memory_format=torch.channels_last), uy, ux, rows)
+        assert torch.equal(rows, plain)
+
+
 def test_sample_points_in_float16() -> None:
     torch.manual_seed(0)
     fmap = torch.randn(1, 4, 6, 6)

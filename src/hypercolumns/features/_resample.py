@@ -271,7 +271,7 @@ class PointPlan:
     A map with few units per point is copied channels-last and becomes the table of an
     ``embedding_bag`` that sums each point's four weighted neighbours straight from its rows,
     a slice of points at a time. A larger map is not copied: each image's four neighbours are
-    gathered along every channel's row instead.
+    gathered along every channel's row instead, or, from a channels-last map, as its rows.
 
     Attributes:
         key: ``(B, N, h, w, dtype)`` of the maps and points the plan is for.
@@ -310,6 +310,9 @@ class PointPlan:
         the channels of a contiguous tensor, of ``fmap``'s dtype or a narrower one."""
         bsz, channels, h, w = fmap.shape
         n = self.key[1]
+        if self.gather and _channels_last(fmap):
+            self._sample_rows(fmap, out)
+            return
         if self.gather:
             for b in range(bsz):
                 flat = fmap[b].reshape(channels, h * w)
@@ -320,7 +323,7 @@ class PointPlan:
                 samples = torch.lerp(top, bottom, wy).T.to(out.dtype)
                 out[b].index_copy_(0, self.order[b], samples)
             return
-        table = fmap.permute(0, 2, 3, 1).contiguous().view(-1, channels)
+        table = fmap.permute(0, 2, 3, 1).contiguous().view(-1, channels)  # free if channels-last
         target = out.view(bsz * n, channels)
         rows = max(1, _POINT_ROWS_BYTES // (channels * fmap.element_size()))
         for r in range(0, bsz * n, rows):
@@ -331,6 +334,23 @@ class PointPlan:
                 mode="sum",
             )
             target[r : r + rows].copy_(sums)
+
+    def _sample_rows(self, fmap: torch.Tensor, out: torch.Tensor) -> None:
+        """:meth:`sample` of a channels-last ``fmap``: each neighbour is a row of channels."""
+        bsz, channels, h, w = fmap.shape
+        n = self.key[1]
+        rows = fmap.permute(0, 2, 3, 1).view(bsz, h * w, channels)
+        for b in range(bsz):
+            near = rows[b].index_select(0, self.index[b]).view(4, n, channels)
+            wx, wy = self.weights[b, :, :, None]
+            top = torch.lerp(near[0], near[1], wx)
+            bottom = torch.lerp(near[2], near[3], wx)
+            out[b].index_copy_(0, self.order[b], torch.lerp(top, bottom, wy).to(out.dtype))
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is laid out channels-last (and not also plainly contiguous)."""
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def sample_points(

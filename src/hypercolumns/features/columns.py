@@ -383,7 +383,9 @@ class HypercolumnExtractor:
         """Hypercolumns of the batch ``x`` ``(B, C, H, W)``; see :func:`hypercolumns`.
 
         Each layer is upsampled or sampled into the output inside its forward hook, as soon as
-        its module has run, so no feature map is kept or copied.
+        its module has run, so no feature map is kept or copied. At points on a CPU, the model
+        runs channels-last (see :mod:`hypercolumns.features.maps`); dense output is not, as
+        upsampling channels-last maps into ``(B, C, H, W)`` costs what the convolutions gain.
 
         Args:
             out: A contiguous tensor of the result's shape, dtype and device to write into and
@@ -426,7 +428,7 @@ class HypercolumnExtractor:
             else:
                 self._sparse(layer, value, pts, plans, result[..., sl])
 
-        self.features.stream(x, consume)
+        self.features.stream(x, consume, channels_last=pts is not None)
         if self.normalize == "l2":
             for sl in self.slices.values():
                 block = result[:, sl] if pts is None else result[..., sl]
