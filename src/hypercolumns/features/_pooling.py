@@ -17,7 +17,8 @@ a zero may differ when a window holds both ``0.0`` and ``-0.0``, which compare e
 ``F.max_pool2d`` and ``torch.max_pool2d`` on contiguous floating-point CPU tensors that need no
 gradient and no indices take this route; every other call (GPU, channels-last, indices,
 gradients, integer or tensor-subclass inputs) and every other op goes to PyTorch unchanged. The
-feature extractor runs its forward passes under it; the model itself is never changed.
+feature extractor runs its forward passes on the plain layout under it (not those it runs
+channels-last, where PyTorch's kernel is vectorised); the model itself is never changed.
 """
 
 from __future__ import annotations

@@ -384,8 +384,8 @@ class HypercolumnExtractor:
 
         Each layer is upsampled or sampled into the output inside its forward hook, as soon as
         its module has run, so no feature map is kept or copied. At points on a CPU, the model
-        runs channels-last (see :mod:`hypercolumns.features.maps`); dense output is not, as
-        upsampling channels-last maps into ``(B, C, H, W)`` costs what the convolutions gain.
+        runs channels-last (see :mod:`hypercolumns.features.maps`); dense output does not, so
+        that a layer at the input's resolution equals :func:`feature_maps` exactly.
 
         Args:
             out: A contiguous tensor of the result's shape, dtype and device to write into and

@@ -11,12 +11,12 @@ On a CPU, 2-D max pooling in these passes takes a faster route with equal result
 
 Streaming on a CPU (:meth:`FeatureExtractor.stream` with ``channels_last=True``, what sparse
 hypercolumns use) runs a model with convolutions on a channels-last copy of the input: oneDNN's
-convolutions then skip reordering every map, about 1.2x faster up to vgg16's ``features.8`` or
-resnet18's ``layer2``, and the maps come out channels-last, which suits sampling at points.
-Values differ from the plain layout's by rounding only (a few units in the last place). A model
-that fails on such an input (a ``view`` that its strides do not allow; meta tensors cannot
-tell, their convolutions ignore the layout) is run again on the input as given, and so from
-then on.
+convolutions then skip reordering every map (sparse hypercolumns up to vgg16's ``features.8``
+1.4-1.5x faster, resnet18's ``layer2`` 1.2x; ``benchmarks/layout.py``), and the maps come out
+channels-last, which suits sampling at points. Values differ from the plain layout's by
+rounding only (a few units in the last place). A model that fails on such an input (a ``view``
+that its strides do not allow; meta tensors cannot tell, their convolutions ignore the layout)
+is run again on the input as given, and so from then on.
 
 Vision transformers: a token output ``(B, 1 + N, C)`` is read as a ``(B, C, H/p, W/p)`` map with
 the class (and any register) tokens dropped. The class token itself is the pseudo-layer
@@ -173,7 +173,7 @@ class FeatureExtractor:
             hooked(self._modules, make_hook),
             evaluating(self.model),
             torch.no_grad(),
-            nullcontext() if channels_last else FastMaxPool(),  # PyTorch's is fast there
+            nullcontext() if channels_last else FastMaxPool(),  # channels-last: PyTorch's is fast
             suppress(StopForward),
         ):
             self.model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
