@@ -175,6 +175,7 @@ def build(explorer: Explorer) -> gr.Blocks:
                         type="filepath",
                         elem_id="hc-upload",
                         size="sm",
+                        scale=1,
                     )
                     pick = gr.Dropdown(
                         choices=image_labels(),
@@ -182,6 +183,7 @@ def build(explorer: Explorer) -> gr.Blocks:
                         label="or show",
                         elem_id="hc-pick",
                         interactive=True,
+                        scale=2,  # room for an uploaded file's name
                     )
                 status = gr.Textbox(
                     value=f"{first.name} {first.size[0]}x{first.size[1]}: click a pixel",
@@ -226,6 +228,7 @@ def build(explorer: Explorer) -> gr.Blocks:
                         type="filepath",
                         elem_id="hc-target-upload",
                         size="sm",
+                        scale=1,
                     )
                     target_pick = gr.Dropdown(
                         choices=[("none", _NO_TARGET), *image_labels()],
@@ -233,6 +236,7 @@ def build(explorer: Explorer) -> gr.Blocks:
                         label="or compare with",
                         elem_id="hc-target-pick",
                         interactive=True,
+                        scale=2,  # room for an uploaded file's name
                     )
         with gr.Tabs():
             with gr.Tab("Effective receptive field"):
