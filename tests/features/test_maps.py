@@ -166,11 +166,10 @@ def test_stream_runs_channels_last_on_a_cpu_when_asked() -> None:
     ref = hooked_forward(tiny_cnn().eval(), x, ["0", "3", "5"])
     for channels_last in (True, False):
         seen: dict[str, torch.Tensor] = {}
+        keep = seen.setdefault  # clone() keeps the layout
         ext.stream(
-            x,
-            lambda layer, v, seen=seen: seen.setdefault(layer.name, v.clone()),
-            channels_last=channels_last,
-        )  # fmt: skip (clone keeps the layout)
+            x, lambda layer, v, keep=keep: keep(layer.name, v.clone()), channels_last=channels_last
+        )
         assert list(seen) == ["0", "3", "5"]
         for name, value in seen.items():
             assert value.is_contiguous(memory_format=torch.channels_last) == channels_last
