@@ -47,3 +47,21 @@ def test_numpy_integers_still_name_layers() -> None:
 
     out = hc.feature_maps(tiny(), torch.rand(1, 3, 32, 32), [np.int64(1)])
     assert list(out) == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "layer"),
+    [
+        ("timm:mobilevit_xxs", "stages.3.1.transformer.0.norm1"),  # patches as a batch, a map
+        ("timm:levit_128s", "stages.1.blocks.2.attn.qkv.bn"),  # tokens as a batch, "global"
+    ],
+)
+def test_a_layer_whose_rows_are_not_images_is_refused_in_one_line(spec: str, layer: str) -> None:
+    """The analysis takes these outputs for a map or a global vector; their first dimension
+    holds patches or tokens, not images (it was a bare shape mismatch of PyTorch's)."""
+    torch.manual_seed(0)
+    model = hc.load_model(spec)
+    x = torch.randn(1, 3, 224, 224)
+    for points in (None, 16):
+        with pytest.raises(OptionError, match=f"layer '{layer}' holds .* rows for a batch of 1"):
+            hc.hypercolumns(model, x, [layer], points=points)

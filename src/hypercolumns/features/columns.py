@@ -421,6 +421,13 @@ class HypercolumnExtractor:
             result = out
 
         def consume(layer: Layer, value: torch.Tensor) -> None:
+            if value.shape[0] != batch:  # a layout the analysis took for one: caught here
+                raise OptionError(
+                    f"the output of layer {layer.name!r} holds {value.shape[0]} rows for a batch "
+                    f"of {batch} image(s) (patches, windows or tokens taken as a batch), not one "
+                    "map or vector per image, so it cannot be placed on the image; choose other "
+                    "layers (e.g. the block's output), or read it raw with feature_maps"
+                )
             value = self._prepare(layer, value, dtype)
             sl = self.slices[layer.name]
             if pts is None:
